@@ -1,0 +1,47 @@
+"""Benchmark reports a person wants to read: one Markdown table per popularity bucket, plus JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recdata.io import write_json, write_text
+
+BUCKET_TITLES = {
+    "all": "All test users",
+    "head": "Head (target in the top 20% of items by training popularity)",
+    "tail": "Tail (all other targets)",
+    "long_tail": "Long tail (target in the bottom 25% of items)",
+    "cold": "Cold (target never seen in training)",
+}
+
+
+def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], group: str, ks: Sequence[int]) -> str:
+    """Markdown table: one row per model, Recall/NDCG@k columns, for one user group."""
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    head = "| model | users | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N") for c in cols) + \
+           f" | coverage@{ks[-1]} |"
+    lines = [head, "|---|---:|" + "---:|" * (len(cols) + 1)]
+    for model, res in results.items():
+        row = res.get(group, {})
+        if not row.get("users"):
+            lines.append(f"| {model} | 0 |" + " – |" * (len(cols) + 1))
+            continue
+        vals = " | ".join(f"{row[c]:.4f}" for c in cols)
+        lines.append(f"| {model} | {row['users']:,} | {vals} | {row[f'coverage@{ks[-1]}']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_report(path: str | Path, title: str, results: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 ks: Sequence[int], preamble: str = "", extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write `<path>.md` and `<path>.json` atomically; returns both paths."""
+    path = Path(path)
+    groups = [g for g in BUCKET_TITLES if any(g in r for r in results.values())]
+    parts = [f"# {title}", preamble.strip()] if preamble.strip() else [f"# {title}"]
+    for g in groups:
+        parts += [f"## {BUCKET_TITLES[g]}", metrics_table(results, g, ks)]
+    md, js = path.with_suffix(".md"), path.with_suffix(".json")
+    write_text(md, "\n\n".join(parts) + "\n")
+    write_json(js, {"title": title, "ks": list(ks), "results": results, **(extra or {})})
+    return md, js

@@ -1,0 +1,137 @@
+"""The `mmq` command line. Every subcommand takes `--config FILE.yaml` and `--section.key value`
+overrides (see `mmq config`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recdata.errors import DataError
+
+FORMATS = ("jsonl", "p5", "unisrec", "recbole", "amazon2014", "amazon2018", "amazon2023", "tiktok")
+
+
+def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from recdata import amazon, loaders
+
+    kw = {"drop_unknown": args.drop_unknown, "name": args.name}
+    if args.format.startswith("amazon"):
+        ds = amazon.load_amazon(args.input, version=args.format[6:], meta_path=args.meta, kcore_k=args.kcore, **kw)
+    else:
+        if args.meta or args.kcore != 5:
+            raise DataError("--meta and --kcore apply to raw Amazon dumps only", field="format")
+        ds = {"jsonl": loaders.load_jsonl, "p5": loaders.load_p5, "unisrec": loaders.load_unisrec,
+              "recbole": loaders.load_recbole, "tiktok": loaders.load_tiktok}[args.format](args.input, **kw)
+    loaders.attach_features(ds, args.features or [])
+    ds.save(args.output)
+    stats = ds.stats()
+    stats["output"] = str(args.output)
+    if not args.json:
+        print(f"{stats['name']}: {stats['users']:,} users / {stats['items']:,} items / "
+              f"{stats['interactions']:,} interactions; mean sequence length {stats['mean_sequence_length']:.2f}")
+        if stats.get("dropped"):
+            print(f"dropped on request: {stats['dropped']}")
+        if stats.get("filtering"):
+            print(f"k-core filtering removed: {stats['filtering']}")
+        print(f"written to {args.output}")
+    return stats
+
+
+def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq.pipeline import build_modalities
+    from recdata.io import write_json, write_npy
+    from recdata.schema import RecDataset
+
+    dataset = args.dataset or cfg.data.dataset
+    if not dataset:
+        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    ds = RecDataset.load(dataset)
+    if args.modalities:
+        cfg.encode.modalities = args.modalities
+    out = Path(args.output or Path(dataset) / "embeddings")
+    t0 = time.perf_counter()
+    mats = build_modalities(ds, cfg, dataset_dir=dataset, show_progress=not args.json)
+    info = {"dataset": str(dataset), "output": str(out), "seconds": round(time.perf_counter() - t0, 2),
+            "modalities": {k: list(v.shape) for k, v in mats.items()}}
+    for name, m in mats.items():
+        write_npy(out / f"{name}.npy", m)
+    write_json(out / "modalities.json", info)
+    if not args.json:
+        for name, shape in info["modalities"].items():
+            print(f"{name}: {shape[0]:,} x {shape[1]} -> {out / (name + '.npy')}")
+    return info
+
+
+def _demo(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq.demo import run_demo
+
+    if args.output:
+        cfg.output_dir = args.output
+    return run_demo(cfg, log=(lambda s: None) if args.json else print)
+
+
+def _config(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq.config import to_dict, to_yaml
+
+    if not args.json:
+        print(to_yaml(cfg))
+    return to_dict(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmq", description="MMQ-Rec: generative retrieval on multimodal semantic IDs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", help="YAML file overriding the defaults (see `mmq config`)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("prepare", _prepare, "Convert a dataset into MMQ-Rec's dataset directory and print its size.")
+    sp.add_argument("--format", required=True, choices=FORMATS)
+    sp.add_argument("--input", required=True, help="input directory (or the reviews file for raw Amazon dumps)")
+    sp.add_argument("--output", required=True, help="dataset directory to write")
+    sp.add_argument("--meta", help="raw Amazon dumps: the metadata file, if --input is the reviews file")
+    sp.add_argument("--kcore", type=int, default=5, help="raw Amazon dumps: k-core filtering (default 5)")
+    sp.add_argument("--name", help="dataset name (default: from the input)")
+    sp.add_argument("--drop-unknown", action="store_true",
+                    help="drop (and count) interactions with items missing from the item table instead of failing")
+    sp.add_argument("--features", nargs="*", metavar="NAME=PATH.npy",
+                    help="attach per-item feature matrices as extra modalities")
+
+    sp = add("encode", _encode, "Build the modality embedding matrices of a dataset (cached).")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--modalities", nargs="+", help="text attributes image collaborative or a stored feature name")
+    sp.add_argument("--output", help="directory for <modality>.npy (default: DATASET/embeddings)")
+
+    sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
+    sp.add_argument("--output", help="output directory (default: config output_dir)")
+
+    add("config", _config, "Print the resolved configuration with its documentation.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmq.config import load_config
+
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, rest)
+        result = args.fn(args, cfg)
+    except DataError as e:
+        print(f"mmq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=None, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

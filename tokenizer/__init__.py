@@ -1,0 +1,1 @@
+"""Stage 1: modality encoders -> item tokenizers -> semantic-ID table."""
