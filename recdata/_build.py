@@ -104,7 +104,7 @@ class ItemIndex:
         idx = self._index.get(str(key))
         if idx is None:
             if drops is None:
-                raise DataError(f"interaction with unknown item {key!r} (pass --drop-unknown to drop "
+                raise DataError(f"interaction with unknown item {str(key)!r} (pass --drop-unknown to drop "
                                 "and count such interactions)", path=path, line=line, field="item")
             drops.add("unknown_item_interactions")
         return idx
