@@ -66,6 +66,31 @@ def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
     return info
 
 
+def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq.pipeline import run_tokenize
+    from recdata.schema import RecDataset
+    from tokenizer.api import format_quality
+
+    dataset = args.dataset or cfg.data.dataset
+    if not dataset:
+        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    if args.tokenizer:
+        cfg.tokenize.tokenizer = args.tokenizer
+    if args.modalities:
+        cfg.encode.modalities = args.modalities
+    if args.sid_table:
+        cfg.tokenize.external.path = args.sid_table
+    ds = RecDataset.load(dataset)
+    result = run_tokenize(ds, cfg, dataset_dir=dataset, show_progress=not args.json)
+    out = Path(args.output or Path(cfg.output_dir) / "tokenizer")
+    result.save_pretrained(out)
+    q = {**result.quality, "output": str(out)}
+    if not args.json:
+        print(format_quality(q))
+        print(f"saved to {out} (config.json, model.safetensors, sid_table.json, quality.json)")
+    return q
+
+
 def _demo(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq.demo import run_demo
 
@@ -109,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--modalities", nargs="+", help="text attributes image collaborative or a stored feature name")
     sp.add_argument("--output", help="directory for <modality>.npy (default: DATASET/embeddings)")
+
+    sp = add("tokenize", _tokenize, "Fit an item tokenizer and write the semantic-ID table with its quality numbers.")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--tokenizer", choices=("mmq", "rqvae", "rqkmeans", "random", "external"))
+    sp.add_argument("--modalities", nargs="+", help="modalities to tokenize (default: config encode.modalities)")
+    sp.add_argument("--sid-table", help="external tokenizer: JSON table such as letter.index.json")
+    sp.add_argument("--output", help="tokenizer directory to write (default: OUTPUT_DIR/tokenizer)")
 
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
     sp.add_argument("--output", help="output directory (default: config output_dir)")

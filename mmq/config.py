@@ -21,7 +21,14 @@ import yaml
 from eval.buckets import BucketConfig
 from recdata.errors import DataError
 from recdata.synthetic import SyntheticConfig
-from tokenizer.encoders import AttributeEncoderConfig, CollaborativeConfig, ImageEncoderConfig, TextEncoderConfig
+from tokenizer.baselines import ExternalConfig, RandomConfig, RQKMeansConfig, RQVAEConfig
+from tokenizer.encoders import (
+    AttributeEncoderConfig,
+    CollaborativeConfig,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+)
+from tokenizer.mmq import MMQConfig
 
 MODALITIES = ("text", "attributes", "image", "collaborative")
 
@@ -48,6 +55,18 @@ class EncodeConfig:
 
 
 @dataclass
+class TokenizeConfig:
+    tokenizer: str = "mmq"
+    """Which item tokenizer: mmq, rqvae, rqkmeans, random or external. Each one's `seed` is set
+    from the top-level `seed`."""
+    mmq: MMQConfig = field(default_factory=MMQConfig)
+    rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
+    rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
+    random: RandomConfig = field(default_factory=RandomConfig)
+    external: ExternalConfig = field(default_factory=ExternalConfig)
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     """Cut-offs for Recall@K / NDCG@K."""
@@ -64,6 +83,7 @@ class Config:
     """Where a command writes its artefacts and reports."""
     data: DataConfig = field(default_factory=DataConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -10,8 +10,16 @@ from eval.split import Split, cold_start_split, leave_one_out
 from mmq.config import MODALITIES, Config
 from recdata.errors import DataError
 from recdata.schema import RecDataset
-from tokenizer.encoders import (EmbeddingCache, encode_attributes, encode_collaborative, encode_images,
-                                encode_texts, item_texts)
+from tokenizer.api import TOKENIZERS, Tokenization, tokenize
+from tokenizer.baselines import ExternalTokenizer
+from tokenizer.encoders import (
+    EmbeddingCache,
+    encode_attributes,
+    encode_collaborative,
+    encode_images,
+    encode_texts,
+    item_texts,
+)
 
 
 def make_split(ds: RecDataset, cfg: Config) -> Split:
@@ -57,3 +65,28 @@ def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, da
             raise DataError(f"unknown modality {name!r}: use one of {MODALITIES} or a stored feature "
                             f"({sorted(ds.features)})", field="encode.modalities")
     return out
+
+
+def make_tokenizer(cfg: Config, item_ids: list[str] | None = None):
+    """The configured item tokenizer, seeded from the top-level seed."""
+    name = cfg.tokenize.tokenizer
+    if name not in TOKENIZERS:
+        raise DataError(f"unknown tokenizer {name!r}; choose from {sorted(TOKENIZERS)}", field="tokenize.tokenizer")
+    sub = getattr(cfg.tokenize, name)
+    if hasattr(sub, "seed"):
+        sub.seed = cfg.seed
+    if name == "external":
+        if not sub.path:
+            raise DataError("the external tokenizer needs a SID table (--tokenize.external.path FILE)",
+                            field="tokenize.external.path")
+        return ExternalTokenizer(sub, item_ids)
+    return TOKENIZERS[name](sub)
+
+
+def run_tokenize(ds: RecDataset, cfg: Config, dataset_dir: str | Path | None = None,
+                 show_progress: bool = True) -> Tokenization:
+    """Build the modalities (none for an external table), fit the tokenizer, build the SID table."""
+    tokenizer = make_tokenizer(cfg, ds.item_ids())
+    modalities = {} if cfg.tokenize.tokenizer == "external" else \
+        build_modalities(ds, cfg, dataset_dir=dataset_dir, show_progress=show_progress)
+    return tokenize(tokenizer, modalities, ds.item_ids(), show_progress=show_progress)

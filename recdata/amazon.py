@@ -25,6 +25,7 @@ from typing import Any
 from recdata._build import Drops, ItemIndex, iter_lines
 from recdata.errors import DataError
 from recdata.loaders import finish, split_categories
+from recdata.schema import RecDataset
 
 _PRICE = re.compile(r"[-+]?\d[\d,]*\.?\d*")
 

@@ -118,7 +118,7 @@ def load_p5(path: str | Path, *, drop_unknown: bool = False, name: str | None = 
     if [k for k, _ in id2item] != list(range(1, len(id2item) + 1)):
         raise DataError("item ids must be 1..N without gaps", path=maps_path, field="id2item")
     index = ItemIndex()
-    for k, asin in id2item:
+    for _, asin in id2item:
         index.add(asin, {}, maps_path, None)
     drops = Drops() if drop_unknown else None
     users: list[str] = []

@@ -19,8 +19,15 @@ import torch
 from eval.split import leave_one_out
 from recdata.io import write_json, write_text
 from recdata.loaders import load_jsonl
-from tokenizer.encoders import (AttributeEncoderConfig, CollaborativeConfig, TextEncoderConfig, encode_attributes,
-                                encode_collaborative, encode_texts, item_texts)
+from tokenizer.encoders import (
+    AttributeEncoderConfig,
+    CollaborativeConfig,
+    TextEncoderConfig,
+    encode_attributes,
+    encode_collaborative,
+    encode_texts,
+    item_texts,
+)
 from tokenizer.encoders.text import resolve_model
 
 

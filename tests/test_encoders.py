@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 
 from recdata import DataError
-from tokenizer.encoders import (AttributeEncoderConfig, CollaborativeConfig, EmbeddingCache, ImageEncoderConfig,
-                                TextEncoderConfig, encode_attributes, encode_collaborative, encode_images,
-                                encode_texts, item_texts)
+from tokenizer.encoders import (
+    AttributeEncoderConfig,
+    CollaborativeConfig,
+    EmbeddingCache,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    encode_attributes,
+    encode_collaborative,
+    encode_images,
+    encode_texts,
+    item_texts,
+)
 from tokenizer.encoders.text import resolve_model
 
 ITEMS = [
@@ -73,9 +82,8 @@ def test_collaborative_uses_training_only():
 
 
 def _tiny_vit(path):
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
     import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
     torch.manual_seed(0)
     cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=64)

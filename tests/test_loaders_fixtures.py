@@ -6,9 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from fixtures import (
+    ITEMS,
+    expected_sequence,
+    write_amazon2014,
+    write_amazon2018,
+    write_amazon2023,
+    write_recbole,
+)
 
-from fixtures import (ITEMS, expected_sequence, write_amazon2014, write_amazon2018, write_amazon2023,
-                      write_recbole)
 from mmq.cli import main
 from recdata import DataError
 from recdata.amazon import load_amazon

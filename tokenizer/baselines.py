@@ -1,0 +1,348 @@
+"""Baseline tokenizers behind the same interface as MMQ.
+
+- RQ-VAE (TIGER): MLP encoder 512-256-128 -> 32-d latent, `levels` residual L2 codebooks of K,
+  mirrored decoder, loss = MSE + codebook + β·commitment (β = 0.25), k-means initialisation.
+- RQ-KMeans: residual k-means with faiss.
+Both run `fused` (MA: concatenate the standardised modalities, then quantize) or `separate`
+(MS: quantize each modality alone, concatenate the codes in modality order).
+- Random IDs: uniform codes of the same length and K (a floor: no content at all).
+- External: a published SID table such as LETTER's `letter.index.json`."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recdata.errors import DataError
+from tokenizer.base import ItemTokenizer, Modalities
+from tokenizer.kmeans import assign, residual_kmeans
+from tokenizer.mmq import init_residual_kmeans, restart_dead
+from tokenizer.quantizer import ResidualQuantizer
+from tokenizer.training import train_model
+
+MODES = ("fused", "separate")
+
+
+def _groups(mode: str, std: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs to quantize: one fused matrix (MA) or one per modality (MS)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return {"fused": np.concatenate(list(std.values()), axis=1)} if mode == "fused" else dict(std)
+
+
+def _split_back(mode: str, rec: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, np.ndarray]:
+    if mode == "separate":
+        return rec
+    out, start = {}, 0
+    for m, d in dims.items():
+        out[m] = rec["fused"][:, start:start + d]
+        start += d
+    return out
+
+
+# --------------------------------------------------------------------------- RQ-VAE
+@dataclass
+class RQVAEConfig:
+    mode: str = "fused"
+    """fused (MA) or separate (MS: one RQ-VAE per modality, codes concatenated)."""
+    levels: int = 3
+    codebook_size: int = 256
+    latent_dim: int = 32
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
+    commitment: float = 0.25
+    """TIGER's β."""
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 1e-3
+    kmeans_init: bool = True
+    dead_code_restart: bool = False
+    """Off by default, as in TIGER."""
+    seed: int = 0
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, d_in: int, cfg: RQVAEConfig):
+        super().__init__()
+        self.encoder = _mlp([d_in, *cfg.hidden_dims, cfg.latent_dim])
+        self.quantizer = ResidualQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.levels, "l2", cfg.commitment)
+        self.decoder = _mlp([cfg.latent_dim, *reversed(cfg.hidden_dims), d_in])
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        q, _, vq = self.quantizer(self.encoder(x))
+        recon = F.mse_loss(self.decoder(q), x)
+        loss = recon + vq
+        return {"loss": loss, "logs": {"loss": loss.detach(), "recon": recon.detach(), "vq": vq.detach()}}
+
+
+class RQVAETokenizer(ItemTokenizer):
+    kind = "rqvae"
+
+    def __init__(self, config: RQVAEConfig | None = None):
+        super().__init__(config or RQVAEConfig())
+        self.models: dict[str, RQVAE] = {}
+        self._log: list[dict[str, float]] = []
+
+    @classmethod
+    def config_from_dict(cls, cfg: Any) -> RQVAEConfig:
+        return RQVAEConfig(**(cfg or {}))
+
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RQVAETokenizer:
+        cfg = self.config
+        groups = _groups(cfg.mode, self._fit_inputs(modalities))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for gi, (name, x) in enumerate(groups.items()):
+            torch.manual_seed(cfg.seed + gi)
+            model = RQVAE(x.shape[1], cfg)
+            xt = torch.from_numpy(x)
+            if cfg.kmeans_init:
+                with torch.no_grad():
+                    init_residual_kmeans(model.quantizer, model.encoder(xt), cfg.seed + 1000 * gi)
+
+            def end(m: RQVAE, epoch: int, xt=xt) -> dict[str, float]:
+                if not cfg.dead_code_restart or epoch == cfg.epochs - 1:
+                    return {}
+                with torch.no_grad():
+                    dev = next(m.parameters()).device
+                    z = m.encoder(xt.to(dev)).cpu()
+                return {"restarted_codes": float(restart_dead(m.quantizer, z, gen))}
+
+            log = train_model(model, [xt], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                              seed=cfg.seed + gi, accelerator=accelerator, on_epoch_end=end,
+                              desc=f"rqvae[{name}]", show_progress=show_progress)
+            self._log += [{"group": name, **row} for row in log]
+            self.models[name] = model.cpu().eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, modalities: Modalities) -> np.ndarray:
+        groups = _groups(self.config.mode, self._inputs(modalities))
+        return np.concatenate([self.models[n].quantizer(self.models[n].encoder(torch.from_numpy(x)))[1].numpy()
+                               for n, x in groups.items()], axis=1).astype(np.int64)
+
+    @torch.no_grad()
+    def reconstruct(self, modalities: Modalities) -> dict[str, np.ndarray]:
+        groups = _groups(self.config.mode, self._inputs(modalities))
+        rec = {}
+        for n, x in groups.items():
+            m = self.models[n]
+            rec[n] = m.decoder(m.quantizer(m.encoder(torch.from_numpy(x)))[0]).numpy()
+        return _split_back(self.config.mode, rec, self.modality_dims)
+
+    def codebook_sizes(self) -> list[int]:
+        n_groups = 1 if self.config.mode == "fused" else max(len(self.modality_dims), 1)
+        return [self.config.codebook_size] * (self.config.levels * n_groups)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = super().state_tensors()
+        for n, m in self.models.items():
+            out.update({f"model.{n}.{k}": v for k, v in m.state_dict().items()})
+        return out
+
+    def load_state(self, tensors) -> None:
+        super().load_state(tensors)
+        names = ["fused"] if self.config.mode == "fused" else list(self.modality_dims)
+        dims = {"fused": sum(self.modality_dims.values()), **self.modality_dims}
+        for n in names:
+            m = RQVAE(dims[n], self.config)
+            prefix = f"model.{n}."
+            m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            self.models[n] = m.eval()
+
+
+# --------------------------------------------------------------------------- RQ-KMeans
+@dataclass
+class RQKMeansConfig:
+    mode: str = "fused"
+    """fused (MA) or separate (MS)."""
+    levels: int = 3
+    codebook_size: int = 256
+    niter: int = 25
+    """k-means iterations per level."""
+    seed: int = 0
+
+
+class RQKMeansTokenizer(ItemTokenizer):
+    kind = "rqkmeans"
+
+    def __init__(self, config: RQKMeansConfig | None = None):
+        super().__init__(config or RQKMeansConfig())
+        self.centroids: dict[str, list[np.ndarray]] = {}
+
+    @classmethod
+    def config_from_dict(cls, cfg: Any) -> RQKMeansConfig:
+        return RQKMeansConfig(**(cfg or {}))
+
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RQKMeansTokenizer:
+        cfg = self.config
+        for gi, (name, x) in enumerate(_groups(cfg.mode, self._fit_inputs(modalities)).items()):
+            _, books = residual_kmeans(x, cfg.levels, cfg.codebook_size, seed=cfg.seed + 100 * gi, niter=cfg.niter)
+            self.centroids[name] = books
+        return self
+
+    def _codes_and_recon(self, modalities: Modalities) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        codes, rec = [], {}
+        for name, x in _groups(self.config.mode, self._inputs(modalities)).items():
+            residual = x.copy()
+            for c in self.centroids[name]:
+                a = assign(residual, c)
+                residual -= c[a]
+                codes.append(a)
+            rec[name] = x - residual
+        return np.stack(codes, axis=1), rec
+
+    def encode(self, modalities: Modalities) -> np.ndarray:
+        return self._codes_and_recon(modalities)[0]
+
+    def reconstruct(self, modalities: Modalities) -> dict[str, np.ndarray]:
+        return _split_back(self.config.mode, self._codes_and_recon(modalities)[1], self.modality_dims)
+
+    def codebook_sizes(self) -> list[int]:
+        n_groups = 1 if self.config.mode == "fused" else max(len(self.modality_dims), 1)
+        return [self.config.codebook_size] * (self.config.levels * n_groups)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = super().state_tensors()
+        for n, books in self.centroids.items():
+            out.update({f"centroids.{n}.{i}": torch.from_numpy(c) for i, c in enumerate(books)})
+        return out
+
+    def load_state(self, tensors) -> None:
+        super().load_state(tensors)
+        names = ["fused"] if self.config.mode == "fused" else list(self.modality_dims)
+        self.centroids = {n: [tensors[f"centroids.{n}.{i}"].numpy() for i in range(self.config.levels)]
+                          for n in names}
+
+
+# --------------------------------------------------------------------------- random and external
+@dataclass
+class RandomConfig:
+    length: int = 6
+    codebook_size: int = 256
+    seed: int = 0
+
+
+class RandomTokenizer(ItemTokenizer):
+    """Uniform random codes: the same length and K as the tokenizer it stands in for."""
+
+    kind = "random"
+
+    def __init__(self, config: RandomConfig | None = None):
+        super().__init__(config or RandomConfig())
+        self._codes: np.ndarray | None = None
+
+    @classmethod
+    def config_from_dict(cls, cfg: Any) -> RandomConfig:
+        return RandomConfig(**(cfg or {}))
+
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RandomTokenizer:
+        n = len(next(iter(modalities.values())))
+        self._fit_inputs(modalities)
+        rng = np.random.default_rng(self.config.seed)
+        self._codes = rng.integers(0, self.config.codebook_size, (n, self.config.length), dtype=np.int64)
+        return self
+
+    def encode(self, modalities: Modalities) -> np.ndarray:
+        if self._codes is None:
+            raise RuntimeError("RandomTokenizer is not fitted")
+        return self._codes.copy()
+
+    def codebook_sizes(self) -> list[int]:
+        return [self.config.codebook_size] * self.config.length
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().state_tensors(), "codes": torch.from_numpy(self.encode({}))}
+
+    def load_state(self, tensors) -> None:
+        super().load_state(tensors)
+        self._codes = tensors["codes"].numpy().astype(np.int64)
+
+
+_TOKEN = re.compile(r"<([A-Za-z]+)_(\d+)>")
+
+
+@dataclass
+class ExternalConfig:
+    path: str = ""
+    """JSON file {item_id: ["<a_183>", "<b_70>", ...]} (LETTER format) or {item_id: [183, 70, ...]}."""
+
+
+class ExternalTokenizer(ItemTokenizer):
+    """Codes read from a published SID table, aligned to the dataset's item ids."""
+
+    kind = "external"
+
+    def __init__(self, config: ExternalConfig | None = None, item_ids: list[str] | None = None):
+        super().__init__(config or ExternalConfig())
+        self.item_ids = item_ids
+        self._codes: np.ndarray | None = None
+        self._sizes: list[int] = []
+
+    @classmethod
+    def config_from_dict(cls, cfg: Any) -> ExternalConfig:
+        return ExternalConfig(**(cfg or {}))
+
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> ExternalTokenizer:
+        path = Path(self.config.path)
+        if self.item_ids is None:
+            raise ValueError("ExternalTokenizer needs the dataset's item ids")
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError("external SID table not found", path=path) from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
+        if not isinstance(table, dict):
+            raise DataError("expected an object {item_id: [tokens]}", path=path)
+        rows = []
+        for iid in self.item_ids:
+            if iid not in table:
+                raise DataError(f"item {iid!r} of the dataset has no SID in the table", path=path, field=iid)
+            rows.append([self._parse(t, path, iid) for t in table[iid]])
+        if len({len(r) for r in rows}) != 1:
+            raise DataError("SIDs of different lengths", path=path)
+        self._codes = np.array(rows, dtype=np.int64)
+        self._sizes = [int(c) + 1 for c in self._codes.max(axis=0)]
+        self.modality_dims = {}
+        return self
+
+    @staticmethod
+    def _parse(token: Any, path: Path, iid: str) -> int:
+        if isinstance(token, int):
+            return token
+        m = _TOKEN.fullmatch(str(token))
+        if not m:
+            raise DataError(f"cannot read token {token!r} (expected like <a_183> or an integer)", path=path,
+                            field=iid)
+        return int(m.group(2))
+
+    def encode(self, modalities: Modalities) -> np.ndarray:
+        if self._codes is None:
+            raise RuntimeError("ExternalTokenizer is not fitted")
+        return self._codes.copy()
+
+    def codebook_sizes(self) -> list[int]:
+        return list(self._sizes)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"codes": torch.from_numpy(self.encode({})), "sizes": torch.tensor(self._sizes)}
+
+    def load_state(self, tensors) -> None:
+        self._codes = tensors["codes"].numpy().astype(np.int64)
+        self._sizes = tensors["sizes"].tolist()
