@@ -91,6 +91,81 @@ def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
     return q
 
 
+def _dataset_arg(args: argparse.Namespace, cfg) -> str:
+    dataset = args.dataset or cfg.data.dataset
+    if not dataset:
+        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    return dataset
+
+
+def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq.pipeline import run_train
+    from recdata.schema import RecDataset
+
+    dataset = _dataset_arg(args, cfg)
+    out = args.output or str(Path(cfg.output_dir) / "generator")
+    result = run_train(RecDataset.load(dataset), cfg, args.tokenizer_dir, out, show_progress=not args.json)
+    if not args.json:
+        print(f"trained {result['steps']} steps in {result['train_seconds']:.0f}s; best validation "
+              f"{cfg.train.metric} {result[f'best_valid_{cfg.train.metric}']} at step {result['best_step']} "
+              f"-> {result['best_model']}")
+    return result
+
+
+def _evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from eval.report import write_report
+    from mmq.pipeline import run_evaluate
+    from recdata.schema import RecDataset
+
+    dataset = _dataset_arg(args, cfg)
+    result = run_evaluate(RecDataset.load(dataset), cfg, args.model, args.split, show_progress=not args.json)
+    if args.report:
+        md, _ = write_report(args.report, f"Generator evaluation ({args.split} split)", {"generator": result["metrics"]},
+                             cfg.eval.ks, preamble=f"Model `{args.model}`, dataset `{dataset}`, beam "
+                             f"{result['beam_width']}, {result['users']:,} users, decoded in "
+                             f"{result['decode_seconds']}s on {result['device']}.", extra=result)
+        result["report"] = str(md)
+    if not args.json:
+        from eval.report import metrics_table
+        for g in ("all", "head", "tail", "long_tail", "cold"):
+            if result["metrics"].get(g, {}).get("users"):
+                print(f"[{g}]\n" + metrics_table({"generator": result["metrics"]}, g, cfg.eval.ks))
+        print(f"invalid-ID rate {result['metrics']['all']['invalid_rate']:.4f}; {result['users_per_second']} users/s")
+    return result
+
+
+def _recommend(args: argparse.Namespace, cfg) -> Any:
+    from generator.recommend import Recommender
+
+    rec = Recommender.from_pretrained(args.model)
+    if args.users_file:
+        histories, users = [], []
+        for lineno, line in enumerate(Path(args.users_file).read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                users.append(str(obj["user_id"]))
+                histories.append([str(i) for i in obj["history"]])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"expected {{\"user_id\": ..., \"history\": [item ids]}} ({e})",
+                                path=args.users_file, line=lineno) from None
+    else:
+        if not args.history:
+            raise DataError("give --history ITEM ... or --users-file FILE", field="history")
+        histories, users = [args.history], [None]
+    recs = rec.recommend(histories, k=args.k, beam_width=max(cfg.decode.beam_width, args.k))
+    out = [{"user_id": u, "recommendations": [r.__dict__ for r in rs]} for u, rs in zip(users, recs, strict=True)]
+    if not args.json:
+        for entry in out:
+            if entry["user_id"] is not None:
+                print(f"user {entry['user_id']}:")
+            for rank, r in enumerate(entry["recommendations"], start=1):
+                title = f"  {r['title']}" if r.get("title") else ""
+                print(f"{rank:3d}. {r['item_id']:<14} {r['score']:9.4f}  {r['sid']}{title}")
+    return out if args.users_file else out[0]
+
+
 def _demo(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq.demo import run_demo
 
@@ -141,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--modalities", nargs="+", help="modalities to tokenize (default: config encode.modalities)")
     sp.add_argument("--sid-table", help="external tokenizer: JSON table such as letter.index.json")
     sp.add_argument("--output", help="tokenizer directory to write (default: OUTPUT_DIR/tokenizer)")
+
+    sp = add("train", _train, "Train the seq2seq generator on a dataset's training split (accelerate).")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
+    sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator); rerun to resume")
+
+    sp = add("evaluate", _evaluate, "Evaluate a trained generator (full catalogue, per popularity bucket).")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--model", required=True, help="generator directory (e.g. RUN/best)")
+    sp.add_argument("--split", choices=("test", "valid"), default="test")
+    sp.add_argument("--report", help="write REPORT.md and REPORT.json")
+
+    sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator.")
+    sp.add_argument("--model", required=True, help="generator directory")
+    sp.add_argument("--history", nargs="*", metavar="ITEM", help="item ids, oldest first")
+    sp.add_argument("--users-file", help="JSON lines {\"user_id\": ..., \"history\": [item ids]}")
+    sp.add_argument("--k", type=int, default=10)
 
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
     sp.add_argument("--output", help="output directory (default: config output_dir)")

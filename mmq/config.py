@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from eval.buckets import BucketConfig
+from generator.model import GeneratorConfig
+from generator.train import TrainConfig
 from recdata.errors import DataError
 from recdata.synthetic import SyntheticConfig
 from tokenizer.baselines import ExternalConfig, RandomConfig, RQKMeansConfig, RQVAEConfig
@@ -67,6 +69,16 @@ class TokenizeConfig:
 
 
 @dataclass
+class DecodeConfig:
+    beam_width: int = 20
+    """Beams of the constrained beam search (>= the largest K evaluated)."""
+    batch_size: int = 256
+    """Users decoded together."""
+    valid_users: int = 2000
+    """Validation users decoded at each evaluation during training (a fixed random sample; 0 = all)."""
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     """Cut-offs for Recall@K / NDCG@K."""
@@ -84,6 +96,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from eval.split import Split, cold_start_split, leave_one_out
+from eval.buckets import popularity_buckets
+from eval.metrics import evaluate_rankings
+from eval.split import Split, SplitPart, cold_start_split, leave_one_out
+from generator.model import SIDCodec
+from generator.recommend import Recommender
+from generator.train import train_generator
 from mmq.config import MODALITIES, Config
 from recdata.errors import DataError
 from recdata.schema import RecDataset
@@ -90,3 +98,73 @@ def run_tokenize(ds: RecDataset, cfg: Config, dataset_dir: str | Path | None = N
     modalities = {} if cfg.tokenize.tokenizer == "external" else \
         build_modalities(ds, cfg, dataset_dir=dataset_dir, show_progress=show_progress)
     return tokenize(tokenizer, modalities, ds.item_ids(), show_progress=show_progress)
+
+
+def titles_of(ds: RecDataset) -> list[str] | None:
+    return [t or "" for t in ds.items["title"]] if "title" in ds.items.column_names else None
+
+
+def sample_part(part: SplitPart, n: int, seed: int) -> SplitPart:
+    """A fixed random subset of a split part (all of it when n is 0 or larger)."""
+    if n <= 0 or n >= len(part):
+        return part
+    idx = np.sort(np.random.default_rng(seed).choice(len(part), n, replace=False))
+    return SplitPart(part.users[idx], part.histories[idx], part.targets[idx])
+
+
+def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: bool = False) -> np.ndarray:
+    items, _ = rec.rank(torch.from_numpy(part.histories), k=max(cfg.eval.ks), beam_width=cfg.decode.beam_width,
+                        batch_size=cfg.decode.batch_size, show_progress=show_progress)
+    return items
+
+
+def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir: str | Path,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Train the generator on the training split; select on validation NDCG (a fixed sample of users)."""
+    table = Tokenization.from_pretrained(tokenizer_dir).table
+    if table.item_ids != ds.item_ids():
+        raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
+                        path=tokenizer_dir)
+    cfg.train.seed = cfg.seed
+    cfg.generator.max_history = cfg.data.max_history
+    split = make_split(ds, cfg)
+    codec = SIDCodec(table, cfg.generator.input_mode)
+    valid = sample_part(split.valid, cfg.decode.valid_users, cfg.seed)
+    trie_holder: dict[str, Recommender] = {}
+
+    def validate(model) -> dict[str, float]:
+        if "rec" not in trie_holder:
+            trie_holder["rec"] = Recommender(model, codec, cfg.data.max_history)
+        r = trie_holder["rec"]
+        r.model = model.eval()
+        res = evaluate_rankings(rank_part(r, valid, cfg), valid.targets, ds.num_items, cfg.eval.ks)["all"]
+        model.train()
+        return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
+
+    t0 = time.perf_counter()
+    state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
+                            cfg.generator, cfg.train, output_dir, validate, show_progress,
+                            extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir),
+                                        "valid_users": len(valid)}, titles=titles_of(ds))
+    return {"output": str(output_dir), "best_model": str(Path(output_dir) / "best"), "steps": state["step"],
+            "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
+            "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "history": state["history"]}
+
+
+def run_evaluate(ds: RecDataset, cfg: Config, model_dir: str | Path, split_name: str = "test",
+                 show_progress: bool = True) -> dict[str, Any]:
+    """Full-catalogue evaluation of a trained generator, stratified by popularity bucket."""
+    rec = Recommender.from_pretrained(model_dir)
+    if rec.codec.table.item_ids != ds.item_ids():
+        raise DataError("the model's SID table does not match the dataset's items", path=model_dir)
+    split = make_split(ds, cfg)
+    part = getattr(split, split_name)
+    buckets = popularity_buckets(split.train_sequences, ds.num_items, cfg.eval.buckets)
+    t0 = time.perf_counter()
+    items = rank_part(rec, part, cfg, show_progress)
+    seconds = time.perf_counter() - t0
+    res = evaluate_rankings(items, part.targets, ds.num_items, cfg.eval.ks, buckets.of_targets(part.targets))
+    return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),
+            "users_per_second": round(len(part) / seconds, 1), "beam_width": cfg.decode.beam_width,
+            "device": str(rec.model.device), "metrics": res, "buckets": buckets.sizes()}

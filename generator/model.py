@@ -1,0 +1,114 @@
+"""The seq2seq generator: a Hugging Face T5 over the SID vocabulary, in two input modes.
+
+- `flat` (TIGER): the encoder reads the SID tokens of the last `max_history` items, flattened.
+- `item`: one encoder position per history item, its embedding the sum of its SID token embeddings.
+The decoder emits the next item's SID tokens. A trained generator is a `save_pretrained`
+directory: the T5 weights and config (loads with `AutoModelForSeq2SeqLM.from_pretrained`), the
+SID tokenizer (`AutoTokenizer`), `generator.json` and the `sid_table.json` it decodes into."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+from generator.vocab import EOS, PAD, SIDVocab
+from recdata.errors import DataError
+from recdata.io import atomic_dir
+from tokenizer.sid import SID_TABLE_FILE, SIDTable
+
+INPUT_MODES = ("flat", "item")
+GENERATOR_FILE = "generator.json"
+
+
+@dataclass
+class GeneratorConfig:
+    input_mode: str = "flat"
+    """flat: SID tokens of the history, flattened (TIGER); item: one position per history item."""
+    num_layers: int = 4
+    num_decoder_layers: int = 4
+    d_model: int = 128
+    num_heads: int = 6
+    d_kv: int = 64
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_history: int = 20
+    """History items the encoder sees (the protocol's 20)."""
+
+
+def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGeneration:
+    if cfg.input_mode not in INPUT_MODES:
+        raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {cfg.input_mode!r}")
+    t5 = T5Config(vocab_size=vocab.size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
+                  num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+                  dropout_rate=cfg.dropout, feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS,
+                  decoder_start_token_id=PAD)
+    model = T5ForConditionalGeneration(t5)
+    model.generation_config.decoder_start_token_id = PAD
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = EOS
+    return model
+
+
+class SIDCodec:
+    """Turns item-index histories and targets into model inputs, for one SID table."""
+
+    def __init__(self, table: SIDTable, input_mode: str = "flat"):
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        self.table = table
+        self.vocab = SIDVocab(table.codebook_sizes)
+        self.input_mode = input_mode
+        tokens = self.vocab.to_tokens(table.codes)
+        # row N is the padding item (index -1 wraps to it)
+        self.item_tokens = torch.from_numpy(np.concatenate([tokens, np.full((1, tokens.shape[1]), PAD)]))
+
+    def labels(self, targets: torch.Tensor) -> torch.Tensor:
+        return self.item_tokens[targets]
+
+    def encoder_inputs(self, model: T5ForConditionalGeneration, histories: torch.Tensor) -> dict[str, torch.Tensor]:
+        """histories (B, H) item indices, -1 = padding -> kwargs for the T5 encoder."""
+        dev = model.device
+        tok = self.item_tokens.to(dev)[histories.to(dev)]  # (B, H, L)
+        if self.input_mode == "flat":
+            ids = tok.flatten(1)
+            return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
+        emb = model.get_input_embeddings()(tok).sum(dim=2)
+        return {"inputs_embeds": emb, "attention_mask": (histories.to(dev) >= 0).long()}
+
+
+ITEMS_FILE = "items.json"
+
+
+def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
+                   extra: dict[str, Any] | None = None, titles: list[str] | None = None) -> Path:
+    """`titles` (one per SID-table item) are kept in items.json so recommendations can show them."""
+    with atomic_dir(path) as tmp:
+        if titles is not None:
+            (tmp / ITEMS_FILE).write_text(json.dumps(dict(zip(codec.table.item_ids, titles, strict=True))) + "\n")
+        model.save_pretrained(tmp, safe_serialization=True)
+        codec.vocab.hf_tokenizer().save_pretrained(tmp)
+        (tmp / GENERATOR_FILE).write_text(json.dumps({**asdict(cfg), **(extra or {})}, indent=2) + "\n")
+        codec.table.save(tmp / SID_TABLE_FILE)
+    return Path(path)
+
+
+def load_generator(path: str | Path) -> tuple[T5ForConditionalGeneration, SIDCodec, GeneratorConfig, dict]:
+    path = Path(path)
+    info_path = path / GENERATOR_FILE
+    if not info_path.is_file():
+        raise DataError("not a generator directory (no generator.json); train one with `mmq train`", path=path)
+    info = json.loads(info_path.read_text())
+    fields = GeneratorConfig.__dataclass_fields__
+    cfg = GeneratorConfig(**{k: v for k, v in info.items() if k in fields})
+    model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    codec = SIDCodec(SIDTable.load(path / SID_TABLE_FILE), cfg.input_mode)
+    if model.config.vocab_size != codec.vocab.size:
+        raise DataError(f"model vocabulary {model.config.vocab_size} does not match the SID table "
+                        f"({codec.vocab.size})", path=path)
+    return model, codec, cfg, {k: v for k, v in info.items() if k not in fields}

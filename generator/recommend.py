@@ -1,0 +1,81 @@
+"""Recommending with a trained generator: histories in, real items with scores out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from generator.beam import constrained_beam_search
+from generator.model import ITEMS_FILE, SIDCodec, load_generator
+from generator.trie import PrefixTrie
+from recdata.errors import DataError
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    item: int
+    score: float
+    sid: str
+    title: str | None = None
+
+
+class Recommender:
+    def __init__(self, model, codec: SIDCodec, max_history: int = 20, titles: dict[str, str] | None = None):
+        self.model = model.eval()
+        self.titles = titles or {}
+        self.codec = codec
+        self.max_history = max_history
+        self.trie = PrefixTrie(codec.table.codes, codec.table.codebook_sizes)
+        self._row = {iid: i for i, iid in enumerate(codec.table.item_ids)}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> Recommender:
+        model, codec, cfg, _ = load_generator(path)
+        if device:
+            model.to(device)
+        items = Path(path) / ITEMS_FILE
+        return cls(model, codec, cfg.max_history, json.loads(items.read_text()) if items.exists() else None)
+
+    def histories_tensor(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Right-aligned (B, max_history) item rows, -1 padded (older items beyond the cap are dropped)."""
+        out = torch.full((len(histories), self.max_history), -1, dtype=torch.long)
+        for r, h in enumerate(histories):
+            h = list(h)[-self.max_history:]
+            if h:
+                out[r, -len(h):] = torch.as_tensor(h)
+        return out
+
+    @torch.no_grad()
+    def rank(self, histories: torch.Tensor, k: int = 10, beam_width: int = 20, batch_size: int = 256,
+             show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(B, H) item-row histories -> (items (B, k) with -1 padding, scores (B, k))."""
+        items, scores = [], []
+        for s in tqdm(range(0, len(histories), batch_size), desc="decode", disable=not show_progress):
+            h = histories[s:s + batch_size]
+            enc = self.codec.encoder_inputs(self.model, h)
+            it, sc = constrained_beam_search(self.model, enc, self.trie, self.codec.vocab, beam_width, k)
+            items.append(it.numpy())
+            scores.append(sc.numpy())
+        return np.concatenate(items), np.concatenate(scores)
+
+    def rows(self, item_ids: Sequence[str]) -> list[int]:
+        unknown = [i for i in item_ids if str(i) not in self._row]
+        if unknown:
+            raise DataError(f"unknown item id(s) {unknown[:5]} (not in the model's SID table)", field="history")
+        return [self._row[str(i)] for i in item_ids]
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, beam_width: int = 20
+                  ) -> list[list[Recommendation]]:
+        """Histories of item ids (oldest first) -> top-k recommendations per history."""
+        hist = self.histories_tensor([self.rows(h) for h in histories])
+        items, scores = self.rank(hist, k, beam_width)
+        ids = self.codec.table.item_ids
+        return [[Recommendation(ids[i], int(i), float(s), self.codec.table.to_string(int(i)), self.titles.get(ids[i]))
+                 for i, s in zip(row_i, row_s, strict=True) if i >= 0] for row_i, row_s in zip(items, scores, strict=True)]

@@ -1,0 +1,183 @@
+"""Training the generator with accelerate: a plain loop that runs unchanged on CPU, one GPU or
+under `accelerate launch` with several processes.
+
+AdamW, linear warmup then cosine or inverse-square-root decay, gradient accumulation and
+clipping, bf16 on GPU. Every `eval_every` optimizer steps the caller's `validate(model)` runs on
+the *validation* split (main process; the result is broadcast), the best model is saved with
+`save_pretrained` into `OUT/best`, and training stops after `patience` evaluations without
+improvement. A checkpoint (accelerate state + trainer_state.json) is written atomically to
+`OUT/checkpoint` at every evaluation; starting again with the same output directory resumes
+from it, mid-epoch included (seedable sampler + skipped batches). TensorBoard logs go to `OUT/logs`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from generator.model import GeneratorConfig, SIDCodec, build_model, save_generator
+from recdata.io import atomic_dir, write_json
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256
+    """Examples per optimizer step and process (before gradient accumulation)."""
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    """cosine (to 10% of lr), inverse_sqrt (TIGER) or constant, after linear warmup."""
+    warmup_steps: int = 500
+    max_steps: int = 20000
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    """auto = bf16 on CUDA, none on CPU; or no / bf16 / fp16."""
+    eval_every: int = 1000
+    """Optimizer steps between validation runs (and checkpoints)."""
+    patience: int = 5
+    """Stop after this many validations without a better validation metric."""
+    metric: str = "ndcg@10"
+    """Validation metric for early stopping and best-checkpoint selection."""
+    log_every: int = 50
+    seed: int = 0
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "inverse_sqrt":
+            return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_targets: torch.Tensor,
+                    model_cfg: GeneratorConfig, cfg: TrainConfig, output_dir: str | Path,
+                    validate: Callable[[Any], dict[str, float]] | None = None,
+                    show_progress: bool = True, extra_info: dict[str, Any] | None = None,
+                    titles: list[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the trainer state: steps, best step and metric, history."""
+    out = Path(output_dir)
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(
+        mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(cfg.seed)
+    model = build_model(codec.vocab, model_cfg)
+    loader = DataLoader(TensorDataset(train_histories, train_targets), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=False)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
+    model, optim, loader, sched = accelerator.prepare(model, optim, loader, sched)
+    accelerator.init_trackers("generator", config={**asdict(cfg), **asdict(model_cfg)})
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None,
+                             "bad_evals": 0, "history": [], "finished": False, "train_seconds": 0.0}
+    ckpt = out / "checkpoint"
+    if (ckpt / STATE_FILE).exists():
+        accelerator.load_state(str(ckpt))
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        accelerator.print(f"resuming from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
+    if state["finished"]:
+        return state
+
+    def evaluate_and_checkpoint() -> bool:
+        """Validate, keep the best model, checkpoint; True when training should stop."""
+        metrics = None
+        if accelerator.is_main_process and validate is not None:
+            model.eval()
+            metrics = validate(accelerator.unwrap_model(model))
+            model.train()
+        metrics = broadcast_object_list([metrics])[0]
+        if metrics is not None:
+            value = metrics[cfg.metric]
+            improved = state["best_metric"] is None or value > state["best_metric"]
+            state["history"].append({"step": state["step"], **metrics})
+            accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=state["step"])
+            if improved:
+                state.update(best_metric=value, best_step=state["step"], bad_evals=0)
+                if accelerator.is_main_process:
+                    save_generator(out / "best", accelerator.unwrap_model(model), codec, model_cfg,
+                                   {"step": state["step"], "valid": metrics, **(extra_info or {})}, titles)
+            else:
+                state["bad_evals"] += 1
+            accelerator.print(f"step {state['step']}: valid {cfg.metric} {value:.4f} "
+                              f"(best {state['best_metric']:.4f} at {state['best_step']})")
+        stop = state["bad_evals"] >= cfg.patience or state["step"] >= cfg.max_steps
+        state["finished"] = stop
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with atomic_dir(ckpt) as tmp:
+                accelerator.save_state(str(tmp), safe_serialization=True)
+                write_json(tmp / STATE_FILE, state)
+        accelerator.wait_for_everyone()
+        return stop
+
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", disable=not show_progress
+               or not accelerator.is_local_main_process)
+    t0 = time.perf_counter() - state["train_seconds"]
+    running, n_running = 0.0, 0
+    stop = False
+    while not stop:
+        loader.set_epoch(state["epoch"])
+        batches = accelerator.skip_first_batches(loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else loader
+        for hist, tgt in batches:
+            with accelerator.accumulate(model):
+                loss = _loss(model, codec, hist, tgt)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optim.step()
+                sched.step()
+                optim.zero_grad(set_to_none=True)
+            state["batch_in_epoch"] += 1
+            running += loss.item()
+            n_running += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0:
+                accelerator.log({"train/loss": running / n_running, "train/lr": sched.get_last_lr()[0]},
+                                step=state["step"])
+                bar.set_postfix(loss=f"{running / n_running:.3f}")
+                running, n_running = 0.0, 0
+            state["train_seconds"] = time.perf_counter() - t0
+            if state["step"] % cfg.eval_every == 0 or state["step"] >= cfg.max_steps:
+                stop = evaluate_and_checkpoint()
+                if stop:
+                    break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    bar.close()
+    accelerator.end_training()
+    return state
+
+
+def _loss(model, codec: SIDCodec, hist: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Forward through the (possibly DDP-wrapped) model so gradients synchronise."""
+    inner = model.module if hasattr(model, "module") else model
+    inputs = codec.encoder_inputs(inner, hist)
+    return model(**inputs, labels=codec.labels(tgt).to(inner.device)).loss

@@ -1,0 +1,168 @@
+"""SID vocabulary, prefix trie and constrained beam search (property-based, against brute force
+and against HF generate), model save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from generator.beam import constrained_beam_search, prefix_allowed_tokens
+from generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
+from generator.trie import PrefixTrie
+from generator.vocab import SIDVocab
+from tokenizer.sid import SIDTable
+
+# equal encoder and decoder depth: HF generate mis-sizes its cache for T5 when they differ
+TINY = GeneratorConfig(num_layers=2, num_decoder_layers=2, d_model=16, d_ff=32, num_heads=2, d_kv=8, dropout=0.0,
+                       max_history=4)
+
+
+def catalogue(seed: int, n: int, length: int, k: int) -> SIDTable:
+    codes = np.random.default_rng(seed).integers(0, k, (n, length))
+    return SIDTable.from_codes([f"i{j}" for j in range(n)], codes, [k] * length)
+
+
+def tiny_model(table: SIDTable, mode: str, seed: int):
+    torch.manual_seed(seed)
+    codec = SIDCodec(table, mode)
+    cfg = GeneratorConfig(**{**TINY.__dict__, "input_mode": mode})
+    return build_model(codec.vocab, cfg).eval(), codec
+
+
+def histories(seed: int, users: int, n: int) -> torch.Tensor:
+    h = torch.from_numpy(np.random.default_rng(seed).integers(-1, n, (users, 4)))
+    h[:, -1] = h[:, -1].clamp_min(0)  # at least one real item
+    return h
+
+
+@torch.no_grad()
+def exact_scores(model, codec: SIDCodec, hist: torch.Tensor) -> torch.Tensor:
+    """log p(SID of every item | history) by teacher forcing: (users, items)."""
+    n = len(codec.table)
+    labels = codec.labels(torch.arange(n))  # (n, L)
+    out = torch.empty(len(hist), n)
+    for u in range(len(hist)):
+        enc = codec.encoder_inputs(model, hist[u:u + 1].expand(n, -1))
+        dec_in = torch.cat([torch.zeros(n, 1, dtype=torch.long), labels[:, :-1]], dim=1)
+        logp = F.log_softmax(model(**enc, decoder_input_ids=dec_in).logits.float(), dim=-1)
+        out[u] = logp.gather(2, labels.unsqueeze(2)).squeeze(2).sum(1)
+    return out
+
+
+# ------------------------------------------------------------------ vocabulary
+def test_vocab_tokenizer_round_trip(tmp_path):
+    vocab = SIDVocab([256, 256, 256, 3])
+    tok = vocab.hf_tokenizer()
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    s = "<s0_12><s1_201><s2_7><s3_0>"
+    ids = again(s, add_special_tokens=False)["input_ids"]
+    assert ids == vocab.to_tokens(np.array([12, 201, 7, 0])).tolist()
+    assert again.decode(ids) == s
+    assert vocab.size == 3 + 256 * 3 + 3 and vocab.slice(1) == (259, 515)
+
+
+# ------------------------------------------------------------------ trie
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(1, 3), st.integers(1, 5))
+def test_trie_matches_brute_force(seed, n, length, k):
+    table = catalogue(seed, n, length, k)
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    codes = table.codes
+    # walk every item's path; at each level the mask must equal the brute-force continuation set
+    nodes = torch.zeros(len(codes), dtype=torch.long)
+    for level in range(table.sid_length):
+        mask = trie.allowed(level, nodes)
+        for i, row in enumerate(codes):
+            prefix = row[:level]
+            expect = {int(r[level]) for r in codes if tuple(r[:level]) == tuple(prefix)}
+            assert set(torch.nonzero(mask[i]).flatten().tolist()) == expect
+        nodes = trie.step(level, nodes, torch.from_numpy(codes[:, level]))
+    assert trie.items(nodes).tolist() == list(range(len(codes)))
+
+
+# ------------------------------------------------------------------ beam search
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 3), st.integers(2, 4),
+       st.sampled_from(["flat", "item"]))
+def test_exhaustive_beam_equals_exact_scoring(seed, n, length, k, mode):
+    table = catalogue(seed, n, length, k)
+    model, codec = tiny_model(table, mode, seed)
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    hist = histories(seed, 3, n)
+    top_k = min(5, n)
+    items, scores = constrained_beam_search(model, codec.encoder_inputs(model, hist), trie, codec.vocab,
+                                            beam_width=n, top_k=top_k)
+    exact = exact_scores(model, codec, hist)
+    for u in range(len(hist)):
+        assert len(set(items[u].tolist())) == top_k and (items[u] >= 0).all()
+        np.testing.assert_allclose(scores[u].numpy(), exact[u, items[u]].numpy(), atol=1e-4)
+        best = torch.sort(exact[u], descending=True).values[:top_k]
+        np.testing.assert_allclose(scores[u].numpy(), best.numpy(), atol=1e-4)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(8, 40), st.integers(2, 4), st.integers(2, 6), st.integers(2, 8),
+       st.sampled_from(["flat", "item"]))
+def test_beam_equals_hf_generate(seed, n, length, k, beam, mode):
+    table = catalogue(seed, n, length, k)
+    model, codec = tiny_model(table, mode, seed)
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    hist = histories(seed, 4, n)
+    top_k = min(beam, 5)
+    enc = codec.encoder_inputs(model, hist)
+    items, scores = constrained_beam_search(model, enc, trie, codec.vocab, beam_width=beam, top_k=top_k)
+    out = model.generate(**enc, num_beams=beam, num_return_sequences=top_k, max_new_tokens=table.sid_length,
+                         prefix_allowed_tokens_fn=prefix_allowed_tokens(table.codes, codec.vocab, 0),
+                         length_penalty=0.0, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    index = table.index()
+    offsets = torch.as_tensor(codec.vocab.offsets)
+    hf_items = torch.tensor([index[tuple((s[1:] - offsets).tolist())] for s in out.sequences]).view(len(hist), top_k)
+    hf_scores = out.sequences_scores.view(len(hist), top_k)
+    np.testing.assert_allclose(scores.numpy(), hf_scores.numpy(), atol=1e-4)
+    for u in range(len(hist)):
+        for r in range(top_k):
+            tied = (scores[u] - scores[u, r]).abs() < 1e-5
+            assert hf_items[u, r].item() in items[u][tied].tolist()
+
+
+def test_k_larger_than_catalogue_and_sparse_prefixes():
+    table = SIDTable.from_codes(["a", "b", "c"], np.array([[0, 0], [0, 3], [2, 1]]), [4, 4])
+    model, codec = tiny_model(table, "flat", 0)
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    hist = torch.tensor([[-1, -1, 0, 1], [2, 2, 2, 2]])
+    items, scores = constrained_beam_search(model, codec.encoder_inputs(model, hist), trie, codec.vocab,
+                                            beam_width=2, top_k=10)
+    assert items.shape == (2, 10)
+    for row, sc in zip(items, scores, strict=True):
+        real = row[row >= 0].tolist()
+        assert sorted(real) == [0, 1, 2] and torch.isinf(sc[row < 0]).all()
+
+
+def test_large_catalogue_decodes_only_real_items():
+    table = catalogue(3, 5000, 3, 32)
+    model, codec = tiny_model(table, "item", 1)
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    items, _ = constrained_beam_search(model, codec.encoder_inputs(model, histories(0, 16, 5000)), trie,
+                                       codec.vocab, beam_width=20, top_k=20)
+    assert ((items >= 0) & (items < 5000)).all()
+    assert all(len(set(r.tolist())) == 20 for r in items)
+
+
+def test_save_and_load_generator(tmp_path):
+    table = catalogue(0, 20, 2, 4)
+    model, codec = tiny_model(table, "item", 0)
+    save_generator(tmp_path / "g", model, codec, GeneratorConfig(**{**TINY.__dict__, "input_mode": "item"}),
+                   titles=[f"t{i}" for i in range(len(table))])
+    assert isinstance(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "g"), type(model))
+    m2, c2, cfg2, _ = load_generator(tmp_path / "g")
+    assert cfg2.input_mode == "item" and np.array_equal(c2.table.codes, table.codes)
+    hist = histories(1, 2, 20)
+    with torch.no_grad():
+        a = model(**codec.encoder_inputs(model, hist), labels=codec.labels(torch.tensor([1, 2]))).loss
+        b = m2(**c2.encoder_inputs(m2, hist), labels=c2.labels(torch.tensor([1, 2]))).loss
+    assert torch.allclose(a, b)
