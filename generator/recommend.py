@@ -28,7 +28,7 @@ class Recommendation:
 
 class Recommender:
     def __init__(self, model, codec: SIDCodec, max_history: int = 20, titles: dict[str, str] | None = None):
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
         self.titles = titles or {}
         self.codec = codec
         self.max_history = max_history

@@ -88,6 +88,21 @@ class EvalConfig:
 
 
 @dataclass
+class DemoConfig:
+    """Sizes for `mmq demo` (small, so the whole pipeline runs in a few minutes on 2 CPU cores)."""
+
+    codebook_size: int = 32
+    """MMQ codebook size on the synthetic catalogue."""
+    tokenizer_epochs: int = 60
+    d_model: int = 64
+    layers: int = 2
+    """Encoder and decoder layers of the demo generator."""
+    train_steps: int = 1500
+    eval_every: int = 500
+    batch_size: int = 128
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for every random choice (same seed + same data -> same results on CPU)."""
@@ -101,6 +116,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 # --------------------------------------------------------------------------- overrides

@@ -118,6 +118,19 @@ def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: boo
     return items
 
 
+def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int):
+    """validate(model) -> Recall/NDCG@ks on the given validation users (the trie is built once)."""
+    rec = Recommender(None, codec, cfg.data.max_history)
+
+    def validate(model) -> dict[str, float]:
+        rec.model = model.eval()
+        res = evaluate_rankings(rank_part(rec, valid, cfg), valid.targets, num_items, cfg.eval.ks)["all"]
+        model.train()
+        return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
+
+    return validate
+
+
 def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir: str | Path,
               show_progress: bool = True) -> dict[str, Any]:
     """Train the generator on the training split; select on validation NDCG (a fixed sample of users)."""
@@ -129,23 +142,12 @@ def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir
     cfg.generator.max_history = cfg.data.max_history
     split = make_split(ds, cfg)
     codec = SIDCodec(table, cfg.generator.input_mode)
-    valid = sample_part(split.valid, cfg.decode.valid_users, cfg.seed)
-    trie_holder: dict[str, Recommender] = {}
-
-    def validate(model) -> dict[str, float]:
-        if "rec" not in trie_holder:
-            trie_holder["rec"] = Recommender(model, codec, cfg.data.max_history)
-        r = trie_holder["rec"]
-        r.model = model.eval()
-        res = evaluate_rankings(rank_part(r, valid, cfg), valid.targets, ds.num_items, cfg.eval.ks)["all"]
-        model.train()
-        return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
-
+    validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg, ds.num_items)
     t0 = time.perf_counter()
     state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
                             cfg.generator, cfg.train, output_dir, validate, show_progress,
                             extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir),
-                                        "valid_users": len(valid)}, titles=titles_of(ds))
+                                        "valid_users": cfg.decode.valid_users}, titles=titles_of(ds))
     return {"output": str(output_dir), "best_model": str(Path(output_dir) / "best"), "steps": state["step"],
             "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
             "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),

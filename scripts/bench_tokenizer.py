@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent.parent
 DATA = HERE.parent / "shared" / "data"
 
 
-def variants(base: MMQConfig, modalities: list[str], letter: Path | None):
+def variants(base: MMQConfig, modalities: list[str], extra_modality: str | None):
     """(name, description, tokenizer factory, modalities to use)."""
     n_mod = len(modalities)
     v = [
@@ -61,10 +61,10 @@ def variants(base: MMQConfig, modalities: list[str], letter: Path | None):
          lambda: MMQTokenizer(replace(base, num_shared_experts=0, num_specific_experts=(
              base.num_shared_experts + base.num_specific_experts * n_mod) // n_mod)), modalities),
     ]
-    if "collaborative" not in modalities and letter is not None:
-        v.append(("mmq + collaborative", "adds the training co-occurrence modality",
-                  lambda: MMQTokenizer(replace(base, num_specific_experts=base.num_specific_experts)),
-                  [*modalities, "collaborative"]))
+    if extra_modality is not None:
+        v.append((f"mmq + {extra_modality}", f"adds the {extra_modality} modality (2 more specific experts: "
+                  f"SID length {base.num_shared_experts + base.num_specific_experts * (n_mod + 1)})",
+                  lambda: MMQTokenizer(base), [*modalities, extra_modality]))
     v += [
         ("rqvae MA", "TIGER RQ-VAE on the concatenation, 3 x 256", lambda: RQVAETokenizer(RQVAEConfig()), modalities),
         ("rqvae MS", "one RQ-VAE per modality, 3 x 256 each", lambda: RQVAETokenizer(RQVAEConfig(mode="separate")),
@@ -146,14 +146,15 @@ def main() -> None:
             split = leave_one_out(ds.sequences(), ds.num_items)
             mods = build_modalities(ds, cfg, split, show_progress=False)
             modalities, letter = ["text", "attributes"], DATA / "amazon-beauty" / "letter.index.json"
+            extra = "collaborative"
         else:
             ds = load_tiktok(DATA / "tiktok")
-            mods, modalities, letter = dict(ds.features), ["image", "audio"], None
+            mods, modalities, letter, extra = dict(ds.features), ["image", "audio"], None, None
         enc_s = round(time.perf_counter() - t0, 1)
         entry = results["datasets"].get(name, {"variants": []})
         entry.update({"items": ds.num_items, "modalities": modalities, "encoding_s": enc_s})
         done = {r["name"]: r for r in entry["variants"]}
-        for vname, desc, factory, use in variants(base, modalities, letter):
+        for vname, desc, factory, use in variants(base, modalities, extra):
             if args.only and vname not in args.only:
                 continue
             res = tokenize(factory(), {m: mods[m] for m in use}, ds.item_ids(), show_progress=False)
