@@ -4,7 +4,8 @@ Where it saves work over `generate(..., prefix_allowed_tokens_fn=...)`:
 - the first decoder step runs once per user, not once per beam (all beams are identical then),
   so cross-attention keys/values are computed once per user and the cache is then expanded;
 - masking is a tensor gather over the trie's CSR arrays, not a Python callback per beam;
-- only the current SID position's slice of the log-probabilities enters the top-k.
+- only the current SID position's slice of the log-probabilities enters the top-k;
+- beams never leave their user, so reordering touches only the self-attention cache.
 Scores are sums of log-softmax over the full vocabulary, exactly what the model assigns (and what
 HF beam search with `length_penalty=0` reports). Beams that run out of valid continuations are
 dropped, never filled with invented items: every returned item exists; missing slots are -1."""
@@ -78,7 +79,8 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
         parent = (idx // k + torch.arange(b, device=dev).unsqueeze(1) * w).reshape(-1)
         last = (idx % k).reshape(-1)
         scores = scores.reshape(-1)
-        cache.reorder_cache(parent)
+        # a user's beams share cross-attention keys/values: only the self-attention cache moves
+        cache.self_attention_cache.reorder_cache(parent)
         alive = torch.isfinite(scores).cpu()
         prev = nodes[parent.cpu()]
         nodes = torch.where(alive, trie.step(level, torch.where(alive, prev, 0), torch.where(alive, last.cpu(), 0)), 0)

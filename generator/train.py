@@ -41,6 +41,8 @@ class TrainConfig:
     """cosine (to 10% of lr), inverse_sqrt (TIGER) or constant, after linear warmup."""
     warmup_steps: int = 500
     max_steps: int = 20000
+    max_minutes: float = 0.0
+    """Wall-clock training budget (0 = none): past it, training validates, checkpoints and stops."""
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"
@@ -123,7 +125,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 state["bad_evals"] += 1
             accelerator.print(f"step {state['step']}: valid {cfg.metric} {value:.4f} "
                               f"(best {state['best_metric']:.4f} at {state['best_step']})")
-        stop = state["bad_evals"] >= cfg.patience or state["step"] >= cfg.max_steps
+        out_of_time = cfg.max_minutes > 0 and state["train_seconds"] >= 60 * cfg.max_minutes
+        stop = state["bad_evals"] >= cfg.patience or state["step"] >= cfg.max_steps or out_of_time
         state["finished"] = stop
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -164,7 +167,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 bar.set_postfix(loss=f"{running / n_running:.3f}")
                 running, n_running = 0.0, 0
             state["train_seconds"] = time.perf_counter() - t0
-            if state["step"] % cfg.eval_every == 0 or state["step"] >= cfg.max_steps:
+            out_of_time = cfg.max_minutes > 0 and state["train_seconds"] >= 60 * cfg.max_minutes
+            if state["step"] % cfg.eval_every == 0 or state["step"] >= cfg.max_steps or out_of_time:
                 stop = evaluate_and_checkpoint()
                 if stop:
                     break
