@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -99,7 +100,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     if (ckpt / STATE_FILE).exists():
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
-        accelerator.print(f"resuming from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
+        _log(accelerator, f"resuming from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
     if state["finished"]:
         return state
 
@@ -123,7 +124,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                                    {"step": state["step"], "valid": metrics, **(extra_info or {})}, titles)
             else:
                 state["bad_evals"] += 1
-            accelerator.print(f"step {state['step']}: valid {cfg.metric} {value:.4f} "
+            _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "
                               f"(best {state['best_metric']:.4f} at {state['best_step']})")
         out_of_time = cfg.max_minutes > 0 and state["train_seconds"] >= 60 * cfg.max_minutes
         stop = state["bad_evals"] >= cfg.patience or state["step"] >= cfg.max_steps or out_of_time
@@ -145,7 +146,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     while not stop:
         loader.set_epoch(state["epoch"])
         batches = accelerator.skip_first_batches(loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else loader
-        for hist, tgt in batches:
+        for hist, tgt in _without_global_rng(batches):
             with accelerator.accumulate(model):
                 loss = _loss(model, codec, hist, tgt)
                 accelerator.backward(loss)
@@ -178,6 +179,24 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     bar.close()
     accelerator.end_training()
     return state
+
+
+def _log(accelerator: Accelerator, message: str) -> None:
+    """Progress goes to stderr (stdout is kept for results, e.g. `--json`)."""
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _without_global_rng(batches):
+    """Iterate `batches` without letting the DataLoader's worker-seed draw consume the global RNG, so
+    a resumed run (which opens its iterator at another moment) sees the same dropout masks."""
+    it = iter(batches)
+    with torch.random.fork_rng(devices=[]):
+        first = next(it, None)
+    if first is None:
+        return
+    yield first
+    yield from it
 
 
 def _loss(model, codec: SIDCodec, hist: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,8 @@ class DemoConfig:
     codebook_size: int = 32
     """MMQ codebook size on the synthetic catalogue."""
     tokenizer_epochs: int = 60
+    input_mode: str = "item"
+    """Generator input mode for the demo (item: one position per history item, fast on CPU)."""
     d_model: int = 64
     layers: int = 2
     """Encoder and decoder layers of the demo generator."""

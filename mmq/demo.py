@@ -75,7 +75,7 @@ def run_demo(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     g = cfg.generator
     g.d_model, g.num_layers, g.num_decoder_layers, g.d_ff = d.d_model, d.layers, d.layers, 4 * d.d_model
-    g.num_heads, g.d_kv = 4, d.d_model // 4
+    g.num_heads, g.d_kv, g.input_mode = 4, d.d_model // 4, d.input_mode
     t = cfg.train
     t.max_steps, t.eval_every, t.batch_size, t.seed = d.train_steps, d.eval_every, d.batch_size, cfg.seed
     t.warmup_steps, t.lr = min(t.warmup_steps, d.train_steps // 10), 3e-3

@@ -15,7 +15,8 @@ from recdata.schema import RecDataset
 from recdata.synthetic import SyntheticConfig, synthetic_catalogue
 
 SMALL = ["--synthetic.num_items", "300", "--synthetic.num_users", "400", "--synthetic.num_topics", "8",
-         "--encode.cache_dir", ""]
+         "--encode.cache_dir", "", "--demo.tokenizer_epochs", "5", "--demo.train_steps", "60", "--demo.eval_every",
+         "30", "--decode.valid_users", "200"]
 
 
 def test_defaults_yaml_then_cli(tmp_path):
@@ -84,9 +85,12 @@ def test_synthetic_catalogue_is_deterministic_and_planted():
 def test_demo_runs_and_is_deterministic(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "a"), *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "SYNTHETIC DATA" in out and "kNN(collaborative)" in out
+    assert "SYNTHETIC DATA" in out and "kNN(collaborative)" in out and "MMQ + generator" in out
+    assert "[tokenize] tokenizer mmq" in out
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["results"]["popularity"]["all"]["users"] == 400
+    assert report["results"]["MMQ + generator"]["all"]["invalid_rate"] == 0.0
+    assert (tmp_path / "a" / "generator" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# MMQ-Rec demo (synthetic data)")
     assert RecDataset.load(tmp_path / "a" / "data").num_items == 300
     # planted structure: the image features separate image styles, the text features do not
