@@ -1,11 +1,12 @@
 """Constrained beam search over the prefix trie, batched, on the model's KV cache.
 
 Where it saves work over `generate(..., prefix_allowed_tokens_fn=...)`:
-- the first decoder step runs once per user, not once per beam (all beams are identical then),
-  so cross-attention keys/values are computed once per user and the cache is then expanded;
+- the first decoder step runs once per user, not once per beam (all beams are identical then);
+- cross-attention keys/values are computed once per user and shared by its beams through a
+  grouped einsum, never copied per beam (`T5StepDecoder`);
 - masking is a tensor gather over the trie's CSR arrays, not a Python callback per beam;
 - only the current SID position's slice of the log-probabilities enters the top-k;
-- beams never leave their user, so reordering touches only the self-attention cache.
+- reordering beams moves only the self-attention cache of the few SID tokens decoded so far.
 Scores are sums of log-softmax over the full vocabulary, exactly what the model assigns (and what
 HF beam search with `length_penalty=0` reports). Beams that run out of valid continuations are
 dropped, never filled with invented items: every returned item exists; missing slots are -1."""
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, EncoderDecoderCache, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from generator.trie import PrefixTrie
 from generator.vocab import SIDVocab
@@ -27,6 +28,70 @@ def project(model: T5ForConditionalGeneration, hidden: torch.Tensor) -> torch.Te
     return model.lm_head(hidden)
 
 
+class T5StepDecoder:
+    """Incremental T5 decoding for beam search, computed with the model's own modules.
+
+    Cross-attention keys/values are computed once per *user* and never copied per beam: a user's
+    `w` beams attend to them through a grouped einsum. The self-attention cache holds only the
+    few SID tokens decoded so far, so reordering it between steps is cheap."""
+
+    def __init__(self, model: T5ForConditionalGeneration, enc: torch.Tensor, enc_mask: torch.Tensor):
+        self.dec = model.decoder
+        self.model = model
+        b = enc.shape[0]
+        self.heads = model.config.num_heads
+        self.d_kv = model.config.d_kv
+        self.cross = []
+        for block in self.dec.block:
+            att = block.layer[1].EncDecAttention
+            k = att.k(enc).view(b, -1, self.heads, self.d_kv).transpose(1, 2)
+            v = att.v(enc).view(b, -1, self.heads, self.d_kv).transpose(1, 2)
+            self.cross.append((k, v))
+        neg = torch.finfo(enc.dtype).min
+        self.cross_bias = ((1.0 - enc_mask.to(enc.dtype)) * neg)[:, None, None, None, :]  # (B, 1, 1, 1, S)
+        self.self_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.t = 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.self_kv = [(k[rows], v[rows]) for k, v in self.self_kv]
+
+    def step(self, tokens: torch.Tensor, beams_per_user: int) -> torch.Tensor:
+        """tokens (M,) with M = users x beams_per_user -> log-softmax over the vocabulary (M, V)."""
+        m, h, d = tokens.shape[0], self.heads, self.d_kv
+        x = self.dec.embed_tokens(tokens)[:, None, :]
+        bias = self.dec.block[0].layer[0].SelfAttention.compute_bias(1, self.t + 1, device=x.device,
+                                                                      past_seen_tokens=self.t)
+        new_kv = []
+        for i, block in enumerate(self.dec.block):
+            sa = block.layer[0]
+            att = sa.SelfAttention
+            hs = sa.layer_norm(x)
+            q = att.q(hs).view(m, 1, h, d).transpose(1, 2)
+            k = att.k(hs).view(m, 1, h, d).transpose(1, 2)
+            v = att.v(hs).view(m, 1, h, d).transpose(1, 2)
+            if self.self_kv:
+                k = torch.cat([self.self_kv[i][0], k], dim=2)
+                v = torch.cat([self.self_kv[i][1], v], dim=2)
+            new_kv.append((k, v))
+            w = torch.softmax(q @ k.transpose(2, 3) * att.scaling + bias, dim=-1)
+            x = x + att.o((w @ v).transpose(1, 2).reshape(m, 1, h * d))
+
+            ca = block.layer[1]
+            att = ca.EncDecAttention
+            q = att.q(ca.layer_norm(x)).view(-1, beams_per_user, h, d)  # (B, w, H, d)
+            ck, cv = self.cross[i]
+            scores = torch.einsum("bwhd,bhsd->bwhs", q, ck) * att.scaling + self.cross_bias[:, :, 0]
+            out = torch.einsum("bwhs,bhsd->bwhd", torch.softmax(scores, dim=-1), cv)
+            x = x + att.o(out.reshape(m, 1, h * d))
+
+            ff = block.layer[2]
+            x = x + ff.DenseReluDense(ff.layer_norm(x))
+        self.self_kv = new_kv
+        self.t += 1
+        hidden = self.dec.final_layer_norm(x)[:, -1]
+        return F.log_softmax(project(self.model, hidden).float(), dim=-1)
+
+
 @torch.no_grad()
 def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Tensor],
                             trie: PrefixTrie, vocab: SIDVocab, beam_width: int = 20, top_k: int = 10
@@ -36,38 +101,28 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
     w = max(beam_width, top_k)
     dev = model.device
     enc = model.get_encoder()(**encoder_inputs).last_hidden_state
-    mask = encoder_inputs["attention_mask"]
     b = enc.shape[0]
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    start = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=dev)
+    decoder = T5StepDecoder(model, enc, encoder_inputs["attention_mask"])
+    start = torch.full((b,), model.config.decoder_start_token_id, dtype=torch.long, device=dev)
 
-    def step(tokens: torch.Tensor, enc_h: torch.Tensor, enc_mask: torch.Tensor, level: int) -> torch.Tensor:
-        out = model.decoder(input_ids=tokens, encoder_hidden_states=enc_h, encoder_attention_mask=enc_mask,
-                            past_key_values=cache, use_cache=True)
-        logp = F.log_softmax(project(model, out.last_hidden_state[:, -1]).float(), dim=-1)
-        lo, hi = vocab.slice(level)
-        return logp[:, lo:hi]
-
-    # level 0: one row per user
-    nodes = torch.zeros(b, dtype=torch.long)
-    lp = step(start, enc, mask, 0)
-    lp = lp.masked_fill(~trie.allowed(0, nodes).to(dev), float("-inf"))
+    # level 0: one row per user (all beams are identical before the first token)
+    lo, hi = vocab.slice(0)
+    lp = decoder.step(start, 1)[:, lo:hi]
+    lp = lp.masked_fill(~trie.allowed(0, torch.zeros(b, dtype=torch.long)).to(dev), float("-inf"))
     k0 = min(w, lp.shape[1])
     scores, codes = lp.topk(k0, dim=1)
     if k0 < w:  # pad with dead beams
         scores = torch.cat([scores, scores.new_full((b, w - k0), float("-inf"))], dim=1)
         codes = torch.cat([codes, codes.new_zeros((b, w - k0))], dim=1)
-    beam_rows = torch.arange(b, device=dev).repeat_interleave(w)
-    cache.reorder_cache(beam_rows)
-    enc, mask = enc[beam_rows], mask[beam_rows]
-    scores, codes = scores.reshape(-1), codes.reshape(-1)
+    decoder.reorder(torch.arange(b, device=dev).repeat_interleave(w))
+    scores, last = scores.reshape(-1), codes.reshape(-1)
     alive = torch.isfinite(scores).cpu()
-    nodes = torch.where(alive, trie.step(0, torch.zeros(b * w, dtype=torch.long), codes.cpu()), 0)
-    last = codes
+    nodes = torch.where(alive, trie.step(0, torch.zeros(b * w, dtype=torch.long), last.cpu()), 0)
 
     for level in range(1, trie.length):
-        lo, _ = vocab.slice(level - 1)
-        lp = step((last + lo).unsqueeze(1), enc, mask, level)
+        prev_lo, _ = vocab.slice(level - 1)
+        lo, hi = vocab.slice(level)
+        lp = decoder.step(last + prev_lo, w)[:, lo:hi]
         lp = lp.masked_fill(~trie.allowed(level, nodes).to(dev), float("-inf"))
         k = lp.shape[1]
         cand = (scores.unsqueeze(1) + lp).view(b, w * k)
@@ -79,14 +134,11 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
         parent = (idx // k + torch.arange(b, device=dev).unsqueeze(1) * w).reshape(-1)
         last = (idx % k).reshape(-1)
         scores = scores.reshape(-1)
-        # a user's beams share cross-attention keys/values: only the self-attention cache moves
-        cache.self_attention_cache.reorder_cache(parent)
+        decoder.reorder(parent)  # beams never leave their user
         alive = torch.isfinite(scores).cpu()
-        prev = nodes[parent.cpu()]
-        nodes = torch.where(alive, trie.step(level, torch.where(alive, prev, 0), torch.where(alive, last.cpu(), 0)), 0)
-        if level < trie.length - 1:
-            # dead beams sit on node 0 of the next level with score -inf; they stay dead
-            nodes = torch.where(alive, nodes, 0)
+        prev = torch.where(alive, nodes[parent.cpu()], 0)
+        # dead beams sit on node 0 of the next level with score -inf; they stay dead
+        nodes = torch.where(alive, trie.step(level, prev, torch.where(alive, last.cpu(), 0)), 0)
 
     items = torch.where(alive, trie.items(nodes), -1).view(b, w)
     scores = scores.view(b, w).cpu()
