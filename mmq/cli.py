@@ -41,14 +41,19 @@ def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
     return stats
 
 
+def _dataset_arg(args: argparse.Namespace, cfg) -> str:
+    dataset = args.dataset or cfg.data.dataset
+    if not dataset:
+        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    return dataset
+
+
 def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq.pipeline import build_modalities
     from recdata.io import write_json, write_npy
     from recdata.schema import RecDataset
 
-    dataset = args.dataset or cfg.data.dataset
-    if not dataset:
-        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    dataset = _dataset_arg(args, cfg)
     ds = RecDataset.load(dataset)
     if args.modalities:
         cfg.encode.modalities = args.modalities
@@ -71,9 +76,7 @@ def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from recdata.schema import RecDataset
     from tokenizer.api import format_quality
 
-    dataset = args.dataset or cfg.data.dataset
-    if not dataset:
-        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+    dataset = _dataset_arg(args, cfg)
     if args.tokenizer:
         cfg.tokenize.tokenizer = args.tokenizer
     if args.modalities:
@@ -89,13 +92,6 @@ def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
         print(format_quality(q))
         print(f"saved to {out} (config.json, model.safetensors, sid_table.json, quality.json)")
     return q
-
-
-def _dataset_arg(args: argparse.Namespace, cfg) -> str:
-    dataset = args.dataset or cfg.data.dataset
-    if not dataset:
-        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
-    return dataset
 
 
 def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:

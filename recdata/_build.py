@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recdata.errors import DataError
+from recdata.io import read_json as load_json  # noqa: F401  (re-exported for the loaders)
 
 
 def open_text(path: str | Path) -> io.TextIOBase:
@@ -44,14 +45,6 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
         yield lineno, obj
-
-
-def load_json(path: str | Path) -> Any:
-    with open_text(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=e.lineno) from None
 
 
 def require(obj: dict[str, Any], key: str, path: str | Path, line: int | None, types: type | tuple = object) -> Any:

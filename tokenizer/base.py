@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recdata.errors import DataError
-from recdata.io import atomic_dir
+from recdata.io import atomic_dir, read_json
 
 Modalities = Mapping[str, np.ndarray]
 CONFIG_FILE = "config.json"
@@ -165,12 +165,9 @@ class ItemTokenizer(ABC):
 def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     f = path / CONFIG_FILE
-    try:
-        info = json.loads(f.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("not a tokenizer directory (no config.json)", path=path) from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", path=f, line=e.lineno) from None
+    if not f.is_file():
+        raise DataError("not a tokenizer directory (no config.json)", path=path)
+    info = read_json(f)
     if "tokenizer_type" not in info:
         raise DataError("missing required field", path=f, field="tokenizer_type")
     return info

@@ -10,7 +10,6 @@ Both run `fused` (MA: concatenate the standardised modalities, then quantize) or
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recdata.errors import DataError
+from recdata.io import read_json
 from tokenizer.base import ItemTokenizer, Modalities
 from tokenizer.kmeans import assign, residual_kmeans
 from tokenizer.mmq import init_residual_kmeans, restart_dead
@@ -302,12 +302,7 @@ class ExternalTokenizer(ItemTokenizer):
         path = Path(self.config.path)
         if self.item_ids is None:
             raise ValueError("ExternalTokenizer needs the dataset's item ids")
-        try:
-            table = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("external SID table not found", path=path) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
+        table = read_json(path)
         if not isinstance(table, dict):
             raise DataError("expected an object {item_id: [tokens]}", path=path)
         rows = []

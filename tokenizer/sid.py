@@ -3,7 +3,6 @@ plus the quality numbers reported after every tokenization."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from recdata.errors import DataError
-from recdata.io import write_json
+from recdata.io import read_json, write_json
 
 SID_TABLE_FILE = "sid_table.json"
 
@@ -122,12 +121,7 @@ class SIDTable:
     @classmethod
     def load(cls, path: str | Path) -> SIDTable:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("SID table not found", path=path) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
+        data = read_json(path)
         for key in ("num_semantic", "codebook_sizes", "items"):
             if key not in data:
                 raise DataError("missing required field", path=path, field=key)
