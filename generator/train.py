@@ -12,6 +12,7 @@ from it, mid-epoch included (seedable sampler + skipped batches). TensorBoard lo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -132,6 +133,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             with atomic_dir(ckpt) as tmp:
+                # tied embeddings make accelerate warn that it dropped shared tensors; they reload tied
+                logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
                 accelerator.save_state(str(tmp), safe_serialization=True)
                 write_json(tmp / STATE_FILE, state)
         accelerator.wait_for_everyone()
