@@ -90,6 +90,3 @@ class ResidualQuantizer(nn.Module):
             codes.append(c)
             loss = loss + level_loss
         return target + (quantized - target).detach(), torch.stack(codes, dim=1), loss
-
-    def codes(self, z: torch.Tensor) -> torch.Tensor:
-        return self.forward(z)[1]
