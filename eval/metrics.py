@@ -65,7 +65,7 @@ def ndcg_at_k(ranked: np.ndarray, targets: Targets, k: int) -> np.ndarray:
     """Per-user NDCG@k with binary relevance, shape (U,)."""
     hits, n = _hits(ranked, targets, k)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits[:, : hits.shape[1]] * discounts[: hits.shape[1]]).sum(axis=1)
+    dcg = (hits * discounts[: hits.shape[1]]).sum(axis=1)
     ideal = np.cumsum(discounts)[np.minimum(n, k) - 1]
     return dcg / ideal
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from recdata.errors import DataError
-from recdata.io import read_json as load_json  # noqa: F401  (re-exported for the loaders)
 
 
 def open_text(path: str | Path) -> io.TextIOBase:

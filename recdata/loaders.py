@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recdata._build import Drops, ItemIndex, iter_json_lines, iter_lines, load_json, open_text, require
+from recdata._build import Drops, ItemIndex, iter_json_lines, iter_lines, open_text, require
 from recdata.errors import DataError
+from recdata.io import read_json
 from recdata.schema import RecDataset, load_feature_matrix
 
 # "Industrial & Scientific,Industrial Electrical" separates with a bare comma, while names such
@@ -107,7 +108,7 @@ def load_p5(path: str | Path, *, drop_unknown: bool = False, name: str | None = 
     Item `p5 id k` becomes row k-1 and its `item_id` is the ASIN from `id2item`; P5 has no item text."""
     path = Path(path)
     seq_path, maps_path = path / "sequential_data.txt", path / "datamaps.json"
-    maps = load_json(maps_path)
+    maps = read_json(maps_path)
     for key in ("id2item", "id2user"):
         if not isinstance(maps, dict) or not isinstance(maps.get(key), dict):
             raise DataError("missing or not an object", path=maps_path, field=key)
@@ -148,7 +149,7 @@ def load_unisrec(path: str | Path, *, drop_unknown: bool = False, name: str | No
     path = Path(path)
     inter_path = _find(path, "*.inter.json", "interaction")
     item_path = _find(path, "*.item.json", "item")
-    raw_items = load_json(item_path)
+    raw_items = read_json(item_path)
     if not isinstance(raw_items, dict):
         raise DataError("expected an object {item_id: {fields}}", path=item_path)
     index = ItemIndex()
@@ -159,7 +160,7 @@ def load_unisrec(path: str | Path, *, drop_unknown: bool = False, name: str | No
         if "categories" in row:
             row["categories"] = split_categories(row["categories"])
         index.add(key, row, item_path, None)
-    raw_inter = load_json(inter_path)
+    raw_inter = read_json(inter_path)
     if not isinstance(raw_inter, dict):
         raise DataError("expected an object {user_id: [item ids]}", path=inter_path)
     drops = Drops() if drop_unknown else None
