@@ -8,7 +8,7 @@
   precomputed valid next tokens per prefix.
 - Each decoder runs at its own best batch size from {32, 128, 512} (chosen on a warm-up slice).
 - Reported: users/s, speedup, identical top-K (items and order; ties within 1e-5 may swap),
-  max score difference, invalid-ID rate, peak RSS growth while decoding (sampled every 5 ms),
+  max score difference, invalid-ID rate, peak RSS growth while decoding one batch (fresh process),
   and our decoder's time as the catalogue grows (random unique SIDs, 3 x 256 + disambiguation).
 Without `--model` the models are TIGER-size with random weights (decoding cost does not depend on
 training); with `--model` that trained model is used for its input mode.
@@ -17,9 +17,12 @@ Writes benchmarks/decoding.json and benchmarks/decoding.md."""
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import platform
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,26 +43,35 @@ HERE = Path(__file__).resolve().parent.parent
 BATCH_SIZES = (32, 128, 512)
 
 
-class PeakRSS:
-    """Peak resident memory growth of this process while the block runs (sampled every 5 ms)."""
+def peak_rss_mb(mode: str, decoder: str, bs: int, args) -> float:
+    """Peak resident memory growth (MB) while `decoder` decodes one batch of `bs` users, measured
+    in a fresh Python process: the kernel's peak-RSS mark (VmHWM, reset just before decoding)
+    minus the RSS then. A fresh process per measurement, because an allocator keeps what an
+    earlier run freed. Linux only."""
+    cmd = [sys.executable, __file__, "--memory-probe", mode, decoder, str(bs), "--data", args.data,
+           "--beam", str(args.beam), "--k", str(args.k)] + (["--model", args.model] if args.model else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
-    def __enter__(self):
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
 
-    def _watch(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.mb = (self.peak - self.base) / 2**20
+def memory_probe(args) -> None:
+    mode, decoder, bs = args.memory_probe[0], args.memory_probe[1], int(args.memory_probe[2])
+    test_hist, table, trained, cfg = setup(args)
+    model, codec = model_for(mode, table, trained, cfg)
+    hist = test_hist[:bs]
+    trie = PrefixTrie(table.codes, table.codebook_sizes)
+    fn, index = prefix_allowed_tokens(table.codes, codec.vocab, 0), table.index()
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets the kernel's peak-RSS mark (VmHWM)
+    base = psutil.Process().memory_info().rss
+    with torch.no_grad():
+        if decoder == "ours":
+            ours(model, codec, trie, hist, args.beam, args.k, bs)
+        else:
+            hf(model, codec, fn, index, hist, args.beam, args.k, bs)
+    status = Path("/proc/self/status").read_text()
+    peak = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) * 1024
+    print(json.dumps({"peak_rss_mb": round((peak - base) / 2**20, 1)}))
 
 
 def ours(model, codec, trie, hist, beam, k, bs):
@@ -86,11 +98,9 @@ def hf(model, codec, fn, index, hist, beam, k, bs):
 
 
 def timed(fn, *args):
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        res = fn(*args)
-        sec = time.perf_counter() - t0
-    return res, sec, mem.mb
+    t0 = time.perf_counter()
+    res = fn(*args)
+    return res, time.perf_counter() - t0
 
 
 def same_topk(a_items, a_scores, b_items, b_scores) -> tuple[float, float]:
@@ -105,29 +115,49 @@ def same_topk(a_items, a_scores, b_items, b_scores) -> tuple[float, float]:
     return same / len(a_items), float((a_scores - b_scores).abs().max())
 
 
-@torch.no_grad()
-def compare_mode(mode, table, test_hist, args, model=None):
+def setup(args):
+    """(test histories, SID table, trained model or None, its generator config or None)."""
+    ds = load_jsonl(args.data)
+    test = leave_one_out(ds.sequences(), ds.num_items).test
+    idx = np.random.default_rng(0).choice(len(test), min(args.users, len(test)), replace=False)
+    test_hist = torch.from_numpy(test.histories[np.sort(idx)])
+    if args.model:
+        trained, codec, cfg, _ = load_generator(args.model)
+        return test_hist, codec.table, trained, cfg
+    rng = np.random.default_rng(1)
+    table = SIDTable.from_codes(ds.item_ids(), rng.integers(0, 256, (ds.num_items, 3)), [256] * 3)
+    return test_hist, table, None, None
+
+
+def model_for(mode, table, trained, cfg):
+    """The trained model if it has this input mode, else a TIGER-size one with random weights (seed 0)."""
     codec = SIDCodec(table, mode)
-    if model is None:
-        torch.manual_seed(0)
-        model = build_model(codec.vocab, GeneratorConfig(input_mode=mode)).eval()
+    if trained is not None and cfg.input_mode == mode:
+        return trained, codec
+    torch.manual_seed(0)
+    return build_model(codec.vocab, GeneratorConfig(input_mode=mode)).eval(), codec
+
+
+@torch.no_grad()
+def compare_mode(mode, table, test_hist, args, trained=None, cfg=None):
+    model, codec = model_for(mode, table, trained, cfg)
     trie = PrefixTrie(table.codes, table.codebook_sizes)
     fn = prefix_allowed_tokens(table.codes, codec.vocab, 0)
     index = table.index()
     warm = test_hist[: args.warmup]
-    row = {"mode": mode, "trained": model is not None and args.model is not None}
+    row = {"mode": mode, "trained": model is trained}
     best = {}
     for name, run in (("ours", lambda h, bs: ours(model, codec, trie, h, args.beam, args.k, bs)),
                       ("hf", lambda h, bs: hf(model, codec, fn, index, h, args.beam, args.k, bs))):
         per_bs = {}
         for bs in BATCH_SIZES:
-            _, sec, _ = timed(run, warm, bs)
+            _, sec = timed(run, warm, bs)
             per_bs[bs] = round(len(warm) / sec, 1)
         bs = max(per_bs, key=per_bs.get)
-        (items, scores), sec, mb = timed(run, test_hist, bs)
+        (items, scores), sec = timed(run, test_hist, bs)
         best[name] = (items, scores)
         row[name] = {"warmup_users_per_s": per_bs, "batch_size": bs, "users_per_s": round(len(test_hist) / sec, 1),
-                     "seconds": round(sec, 2), "peak_rss_mb": round(mb, 1),
+                     "seconds": round(sec, 2), "peak_rss_mb": peak_rss_mb(mode, name, bs, args),
                      "invalid_rate": invalid_rate(items.numpy(), len(table))}
         print(f"[{mode}] {name}: {row[name]}", flush=True)
     frac, diff = same_topk(*best["ours"], *best["hf"])
@@ -150,11 +180,11 @@ def growth(sizes, args):
         codec = SIDCodec(table, "flat")
         model = build_model(codec.vocab, GeneratorConfig()).eval()
         hist = torch.from_numpy(rng.integers(0, n, (args.growth_users, 20)))
-        (items, _), sec, mb = timed(ours, model, codec, trie, hist, args.beam, args.k, 128)
+        (items, _), sec = timed(ours, model, codec, trie, hist, args.beam, args.k, 128)
         trie_mb = sum(t.numel() * t.element_size() for t in [*trie.ptr, *trie.tokens, *trie.keys, trie.leaf_item]) / 2**20
         rows.append({"items": n, "sid_length": table.sid_length, "trie_build_s": round(build, 2),
                      "trie_mb": round(trie_mb, 1), "users_per_s": round(len(hist) / sec, 1),
-                     "peak_rss_mb": round(mb, 1), "invalid_rate": invalid_rate(items.numpy(), n)})
+                     "invalid_rate": invalid_rate(items.numpy(), n)})
         print(f"[growth] {rows[-1]}", flush=True)
     return rows
 
@@ -170,23 +200,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--growth-users", type=int, default=256)
     ap.add_argument("--out", default=str(HERE / "benchmarks"))
+    ap.add_argument("--memory-probe", nargs=3, metavar=("MODE", "DECODER", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
 
-    ds = load_jsonl(args.data)
-    test = leave_one_out(ds.sequences(), ds.num_items).test
-    idx = np.random.default_rng(0).choice(len(test), min(args.users, len(test)), replace=False)
-    test_hist = torch.from_numpy(test.histories[np.sort(idx)])
-    trained = None
-    if args.model:
-        trained, codec, cfg, _ = load_generator(args.model)
-        table = codec.table
-    else:
-        rng = np.random.default_rng(1)
-        table = SIDTable.from_codes(ds.item_ids(), rng.integers(0, 256, (ds.num_items, 3)), [256] * 3)
-    modes = []
-    for mode in ("flat", "item"):
-        model = trained if trained is not None and cfg.input_mode == mode else None
-        modes.append(compare_mode(mode, table, test_hist, args, model))
+    test_hist, table, trained, cfg = setup(args)
+    modes = [compare_mode(mode, table, test_hist, args, trained, cfg) for mode in ("flat", "item")]
     grow = growth(args.sizes, args)
     result = {
         "command": "python scripts/bench_decoding.py" + (f" --model {args.model}" if args.model else ""),
@@ -219,10 +239,10 @@ def main() -> None:
     lines += [f"- **{m['mode']}**: speedup {m['speedup']}x; identical top-{args.k} for {m['identical_topk_share']:.1%} "
               f"of users (ties within 1e-5 may swap); max score difference {m['max_score_diff']:.2e}." for m in modes]
     lines += ["", "## Catalogue growth (our decoder, flat mode, random SIDs 3 x 256 + disambiguation)", "",
-              "| items | SID length | trie build (s) | trie arrays (MB) | users/s | peak RSS growth (MB) | invalid rate |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| items | SID length | trie build (s) | trie arrays (MB) | users/s | invalid rate |",
+              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {g['items']:,} | {g['sid_length']} | {g['trie_build_s']} | {g['trie_mb']} | {g['users_per_s']} | "
-              f"{g['peak_rss_mb']} | {g['invalid_rate']:.4f} |" for g in grow]
+              f"{g['invalid_rate']:.4f} |" for g in grow]
     write_text(out / "decoding.md", "\n".join(lines) + "\n")
     print(f"wrote {out / 'decoding.md'}")
 
