@@ -103,6 +103,21 @@ def timed(fn, *args):
     return res, time.perf_counter() - t0
 
 
+def profile(run, hist, bs, top: int = 6) -> list[dict]:
+    """Where one batch's decode time goes: the `top` operators by self CPU time (torch.profiler),
+    each as a share of the batch's total, plus the time spent in Python outside operators."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        run(hist, bs)
+        wall = time.perf_counter() - t0
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{"op": e.key, "share": round(e.self_cpu_time_total / 1e6 / wall, 3), "calls": e.count} for e in ops[:top]]
+    in_ops = sum(e.self_cpu_time_total for e in ops) / 1e6
+    rows.append({"op": "(outside operators: Python, callbacks)", "share": round(max(0.0, 1 - in_ops / wall), 3),
+                 "calls": None})
+    return rows
+
+
 def same_topk(a_items, a_scores, b_items, b_scores) -> tuple[float, float]:
     """(share of users with the same list up to ties, max |score difference|)."""
     same = 0
@@ -147,8 +162,9 @@ def compare_mode(mode, table, test_hist, args, trained=None, cfg=None):
     warm = test_hist[: args.warmup]
     row = {"mode": mode, "trained": model is trained}
     best = {}
-    for name, run in (("ours", lambda h, bs: ours(model, codec, trie, h, args.beam, args.k, bs)),
-                      ("hf", lambda h, bs: hf(model, codec, fn, index, h, args.beam, args.k, bs))):
+    runs = (("ours", lambda h, bs: ours(model, codec, trie, h, args.beam, args.k, bs)),
+            ("hf", lambda h, bs: hf(model, codec, fn, index, h, args.beam, args.k, bs)))
+    for name, run in runs:
         per_bs = {}
         for bs in BATCH_SIZES:
             _, sec = timed(run, warm, bs)
@@ -160,6 +176,8 @@ def compare_mode(mode, table, test_hist, args, trained=None, cfg=None):
                      "seconds": round(sec, 2), "peak_rss_mb": peak_rss_mb(mode, name, bs, args),
                      "invalid_rate": invalid_rate(items.numpy(), len(table))}
         print(f"[{mode}] {name}: {row[name]}", flush=True)
+    row["profile"] = {name: profile(run, test_hist[: row[name]["batch_size"]], row[name]["batch_size"])
+                      for name, run in runs}
     frac, diff = same_topk(*best["ours"], *best["hf"])
     row.update(speedup=round(row["ours"]["users_per_s"] / row["hf"]["users_per_s"], 2),
                identical_topk_share=round(frac, 4), max_score_diff=diff)
@@ -194,7 +212,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent / "shared" / "data" / "amazon-beauty"))
     ap.add_argument("--model", help="trained generator directory (its SID table and input mode are used)")
     ap.add_argument("--users", type=int, default=1000, help="Beauty test users decoded per decoder")
-    ap.add_argument("--warmup", type=int, default=256, help="users used to pick each decoder's batch size")
+    ap.add_argument("--warmup", type=int, default=512,
+                    help="users used to pick each decoder's batch size (at least the largest batch size)")
     ap.add_argument("--beam", type=int, default=20)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
@@ -209,7 +228,7 @@ def main() -> None:
     modes = [compare_mode(mode, table, test_hist, args, trained, cfg) for mode in ("flat", "item")]
     grow = growth(args.sizes, args)
     result = {
-        "command": "python scripts/bench_decoding.py" + (f" --model {args.model}" if args.model else ""),
+        "command": " ".join(["python", "scripts/bench_decoding.py", *sys.argv[1:]]),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "device": "cpu", "platform": platform.platform()},
         "beam": args.beam, "top_k": args.k, "users": len(test_hist), "sid_length": table.sid_length,
@@ -235,9 +254,17 @@ def main() -> None:
             r = m[name]
             lines.append(f"| {m['mode']} | {label} | {r['batch_size']} | {r['users_per_s']} | {r['peak_rss_mb']} | "
                          f"{r['invalid_rate']:.4f} |")
-    lines.append("")
+    lines += ["", "Peak RSS growth: one batch at that decoder's best batch size, in a fresh process (the kernel's "
+              "peak-RSS mark reset just before decoding).", ""]
     lines += [f"- **{m['mode']}**: speedup {m['speedup']}x; identical top-{args.k} for {m['identical_topk_share']:.1%} "
               f"of users (ties within 1e-5 may swap); max score difference {m['max_score_diff']:.2e}." for m in modes]
+    lines += ["", "## Where the time goes (one batch at each decoder's best batch size, torch.profiler)", "",
+              "Share of the batch's wall time per operator (torch.profiler self time), top operators first; "
+              "the last entry is the time outside any operator (Python, HF's callback and bookkeeping).", ""]
+    for m in modes:
+        for name in ("ours", "hf"):
+            prof_rows = ", ".join(f"`{p['op']}` {p['share']:.0%}" for p in m["profile"][name])
+            lines.append(f"- **{m['mode']}, {name}**: {prof_rows}")
     lines += ["", "## Catalogue growth (our decoder, flat mode, random SIDs 3 x 256 + disambiguation)", "",
               "| items | SID length | trie build (s) | trie arrays (MB) | users/s | invalid rate |",
               "|---:|---:|---:|---:|---:|---:|"]
