@@ -2,11 +2,14 @@
 
 Token ids: 0 <pad>, 1 </s>, 2 <unk>, then position 0's codes, position 1's codes, ... A
 Hugging Face fast tokenizer over this vocabulary round-trips readable strings such as
-`<s0_12><s1_201><s2_7><s3_0>`, saves with `save_pretrained` and reloads with `AutoTokenizer`."""
+`<s0_12><s1_201><s2_7><s3_0>`, saves with `save_pretrained` and reloads with `AutoTokenizer`.
+`SIDVocab.text_tokenizer` extends it with a sentencepiece subword vocabulary learnt from item text,
+for models that mix text and SIDs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,3 +63,41 @@ class SIDVocab:
 
     def strings(self, codes: Sequence[int]) -> str:
         return "".join(f"<s{p}_{int(c)}>" for p, c in enumerate(codes))
+
+    def text_tokenizer(self, texts: Iterable[str], text_vocab_size: int = 8000):
+        """A `PreTrainedTokenizerFast` for text mixed with SID tokens, for models that read or write
+        both (prompts such as `bought <s0_12><s1_201><s2_7> Great Lash Mascara`).
+
+        sentencepiece learns a unigram subword vocabulary of about `text_vocab_size` pieces (at least
+        the 256 fallback bytes and every character seen) from
+        `texts` (e.g. item titles), with byte fallback so any text round-trips; every SID token is
+        an added token that is never split. Ids 0..`size`-1 are this vocabulary's, unchanged (the
+        same SID token has the same id as in `hf_tokenizer`), the text pieces follow. Training is
+        single-threaded and deterministic: the same texts give the same tokenizer."""
+        import sentencepiece as spm
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        texts = [t for t in texts if t and t.strip()]
+        if not texts:
+            raise ValueError("text_tokenizer needs at least one non-empty text")
+        model = io.BytesIO()
+        # byte fallback needs 256 byte pieces besides one piece per character seen
+        floor = len(SPECIAL) + 256 + len(set("".join(texts))) + 1
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=max(text_vocab_size, floor), model_type="unigram",
+            pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1, byte_fallback=True, hard_vocab_limit=False,
+            normalization_rule_name="identity", shuffle_input_sentence=False, num_threads=1,
+            minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        pieces = [(t, 0.0) for t in self.token_strings()]
+        pieces += [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())
+                   if not (sp.is_control(i) or sp.is_unknown(i))]
+        tok = Tokenizer(models.Unigram(pieces, unk_id=UNK, byte_fallback=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581",
+                                                                                      prepend_scheme="always")])
+        tok.add_tokens([AddedToken(t, normalized=False) for t in self.token_strings()[len(SPECIAL):]])
+        tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                       model_input_names=["input_ids", "attention_mask"])

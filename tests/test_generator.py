@@ -4,6 +4,7 @@ and against HF generate), model save/load."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -64,6 +65,32 @@ def test_vocab_tokenizer_round_trip(tmp_path):
     assert ids == vocab.to_tokens(np.array([12, 201, 7, 0])).tolist()
     assert again.decode(ids) == s
     assert vocab.size == 3 + 256 * 3 + 3 and vocab.slice(1) == (259, 515)
+
+
+TITLES = ["Maybelline Great Lash Mascara, Blackest Black", "Neutrogena Hydro Boost gel cream 50ml",
+          "L'Oreal Paris Voluminous Original mascara", "Burt's Bees lip balm, 4 pack"] * 40
+
+
+def test_text_sid_tokenizer(tmp_path):
+    vocab = SIDVocab([16, 16, 4])
+    tok = vocab.text_tokenizer(TITLES, text_vocab_size=400)
+    sid_only = vocab.hf_tokenizer()
+    for s in ["bought <s0_12><s1_3><s2_1> Great Lash Mascara", "Crème brûlée 日本 <s0_1>", "<s0_12><s1_3><s2_1>"]:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == s  # lossless, unseen characters included (byte fallback)
+    ids = tok("<s0_12><s1_3><s2_1>", add_special_tokens=False)["input_ids"]
+    assert ids == sid_only("<s0_12><s1_3><s2_1>", add_special_tokens=False)["input_ids"]  # same SID ids
+    # the subword vocabulary was learnt: a frequent word is fewer pieces than characters
+    assert len(tok.tokenize("mascara")) < len("mascara")
+    assert len(tok) > vocab.size + 256
+    again = vocab.text_tokenizer(TITLES, text_vocab_size=400)
+    assert again.get_vocab() == tok.get_vocab()  # deterministic
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    s = "Lash <s0_2><s1_15><s2_3>"
+    assert loaded(s)["input_ids"] == tok(s)["input_ids"]
+    with pytest.raises(ValueError, match="non-empty"):
+        vocab.text_tokenizer(["", "  "])
 
 
 # ------------------------------------------------------------------ trie
