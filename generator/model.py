@@ -39,11 +39,16 @@ class GeneratorConfig:
     dropout: float = 0.1
     max_history: int = 20
     """History items the encoder sees (the protocol's 20)."""
+    user_buckets: int = 0
+    """TIGER's hashed user token: 0 = none; else user ids are hashed into this many `<u..>` tokens
+    and the encoder input starts with the user's token (recommending then needs the user id)."""
 
 
 def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGeneration:
     if cfg.input_mode not in INPUT_MODES:
         raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {cfg.input_mode!r}")
+    if vocab.user_buckets != cfg.user_buckets:
+        raise ValueError(f"the vocabulary has {vocab.user_buckets} user tokens, the config {cfg.user_buckets}")
     t5 = T5Config(vocab_size=vocab.size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
                   num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
                   dropout_rate=cfg.dropout, feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS,
@@ -58,11 +63,13 @@ def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGenera
 class SIDCodec:
     """Turns item-index histories and targets into model inputs, for one SID table."""
 
-    def __init__(self, table: SIDTable, input_mode: str = "flat"):
+    def __init__(self, table: SIDTable, input_mode: str = "flat", user_buckets: int = 0):
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if user_buckets < 0:
+            raise ValueError(f"user_buckets must be >= 0, got {user_buckets}")
         self.table = table
-        self.vocab = SIDVocab(table.codebook_sizes)
+        self.vocab = SIDVocab(table.codebook_sizes, user_buckets)
         self.input_mode = input_mode
         tokens = self.vocab.to_tokens(table.codes)
         # row N is the padding item (index -1 wraps to it)
@@ -71,15 +78,35 @@ class SIDCodec:
     def labels(self, targets: torch.Tensor) -> torch.Tensor:
         return self.item_tokens[targets]
 
-    def encoder_inputs(self, model: T5ForConditionalGeneration, histories: torch.Tensor) -> dict[str, torch.Tensor]:
-        """histories (B, H) item indices, -1 = padding -> kwargs for the T5 encoder."""
+    @property
+    def uses_users(self) -> bool:
+        return self.vocab.user_buckets > 0
+
+    def user_tokens(self, user_ids) -> torch.Tensor:
+        """User ids -> their hashed user-token ids (B,)."""
+        return torch.from_numpy(self.vocab.user_tokens([str(u) for u in user_ids]))
+
+    def encoder_inputs(self, model: T5ForConditionalGeneration, histories: torch.Tensor,
+                       users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """histories (B, H) item indices, -1 = padding; users (B,) user-token ids from `user_tokens`,
+        required when the vocabulary has user tokens (ignored otherwise) -> kwargs for the T5 encoder."""
         dev = model.device
         tok = self.item_tokens.to(dev)[histories.to(dev)]  # (B, H, L)
+        if self.uses_users:
+            if users is None:
+                raise ValueError(f"this generator reads a hashed user token first (user_buckets="
+                                 f"{self.vocab.user_buckets}): pass the users' ids")
+            users = users.to(dev)[:, None]
         if self.input_mode == "flat":
             ids = tok.flatten(1)
+            if self.uses_users:
+                ids = torch.cat([users, ids], dim=1)
             return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
-        emb = model.get_input_embeddings()(tok).sum(dim=2)
-        return {"inputs_embeds": emb, "attention_mask": (histories.to(dev) >= 0).long()}
+        embed = model.get_input_embeddings()
+        emb, mask = embed(tok).sum(dim=2), (histories.to(dev) >= 0).long()
+        if self.uses_users:
+            emb, mask = torch.cat([embed(users), emb], dim=1), torch.cat([torch.ones_like(users), mask], dim=1)
+        return {"inputs_embeds": emb, "attention_mask": mask}
 
 
 ITEMS_FILE = "items.json"
@@ -107,7 +134,7 @@ def load_generator(path: str | Path) -> tuple[T5ForConditionalGeneration, SIDCod
     fields = GeneratorConfig.__dataclass_fields__
     cfg = GeneratorConfig(**{k: v for k, v in info.items() if k in fields})
     model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
-    codec = SIDCodec(SIDTable.load(path / SID_TABLE_FILE), cfg.input_mode)
+    codec = SIDCodec(SIDTable.load(path / SID_TABLE_FILE), cfg.input_mode, cfg.user_buckets)
     if model.config.vocab_size != codec.vocab.size:
         raise DataError(f"model vocabulary {model.config.vocab_size} does not match the SID table "
                         f"({codec.vocab.size})", path=path)

@@ -54,12 +54,19 @@ class Recommender:
 
     @torch.no_grad()
     def rank(self, histories: torch.Tensor, k: int = 10, beam_width: int = 20, batch_size: int = 256,
-             show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H) item-row histories -> (items (B, k) with -1 padding, scores (B, k))."""
+             show_progress: bool = False, users: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, H) item-row histories -> (items (B, k) with -1 padding, scores (B, k)). `users`: the
+        B user ids, needed by a generator with hashed user tokens (ignored by one without)."""
+        user_tokens = None
+        if self.codec.uses_users:
+            if users is None or any(u is None for u in users):
+                raise DataError("this generator was trained with hashed user tokens: give each history its "
+                                "user id", field="user_id")
+            user_tokens = self.codec.user_tokens(users)
         items, scores = [], []
         for s in tqdm(range(0, len(histories), batch_size), desc="decode", disable=not show_progress):
             h = histories[s:s + batch_size]
-            enc = self.codec.encoder_inputs(self.model, h)
+            enc = self.codec.encoder_inputs(self.model, h, None if user_tokens is None else user_tokens[s:s + batch_size])
             it, sc = constrained_beam_search(self.model, enc, self.trie, self.codec.vocab, beam_width, k)
             items.append(it.numpy())
             scores.append(sc.numpy())
@@ -71,11 +78,12 @@ class Recommender:
             raise DataError(f"unknown item id(s) {unknown[:5]} (not in the model's SID table)", field="history")
         return [self._row[str(i)] for i in item_ids]
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, beam_width: int = 20
-                  ) -> list[list[Recommendation]]:
-        """Histories of item ids (oldest first) -> top-k recommendations per history."""
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, beam_width: int = 20,
+                  users: Sequence[str] | None = None) -> list[list[Recommendation]]:
+        """Histories of item ids (oldest first) -> top-k recommendations per history (`users`: their
+        user ids, for a generator with hashed user tokens)."""
         hist = self.histories_tensor([self.rows(h) for h in histories])
-        items, scores = self.rank(hist, k, beam_width)
+        items, scores = self.rank(hist, k, beam_width, users=users)
         ids = self.codec.table.item_ids
         return [[Recommendation(ids[i], int(i), float(s), self.codec.table.to_string(int(i)), self.titles.get(ids[i]))
                  for i, s in zip(row_i, row_s, strict=True) if i >= 0] for row_i, row_s in zip(items, scores, strict=True)]

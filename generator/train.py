@@ -76,8 +76,11 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                     model_cfg: GeneratorConfig, cfg: TrainConfig, output_dir: str | Path,
                     validate: Callable[[Any], dict[str, float]] | None = None,
                     show_progress: bool = True, extra_info: dict[str, Any] | None = None,
-                    titles: list[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) and return the trainer state: steps, best step and metric, history."""
+                    titles: list[str] | None = None, train_users: torch.Tensor | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the trainer state: steps, best step and metric, history.
+    `train_users` (E,): each example's user-token id, required when the codec has user tokens."""
+    if codec.uses_users and train_users is None:
+        raise ValueError("the generator has hashed user tokens: pass train_users")
     out = Path(output_dir)
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -88,8 +91,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed)
     model = build_model(codec.vocab, model_cfg)
-    loader = DataLoader(TensorDataset(train_histories, train_targets), batch_size=cfg.batch_size, shuffle=True,
-                        drop_last=False)
+    columns = [train_histories, train_targets] + ([train_users] if codec.uses_users else [])
+    loader = DataLoader(TensorDataset(*columns), batch_size=cfg.batch_size, shuffle=True, drop_last=False)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
     model, optim, loader, sched = accelerator.prepare(model, optim, loader, sched)
@@ -149,9 +152,9 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     while not stop:
         loader.set_epoch(state["epoch"])
         batches = accelerator.skip_first_batches(loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else loader
-        for hist, tgt in _without_global_rng(batches):
+        for hist, tgt, *users in _without_global_rng(batches):
             with accelerator.accumulate(model):
-                loss = _loss(model, codec, hist, tgt)
+                loss = _loss(model, codec, hist, tgt, users[0] if users else None)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -202,8 +205,9 @@ def _without_global_rng(batches):
     yield from it
 
 
-def _loss(model, codec: SIDCodec, hist: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+def _loss(model, codec: SIDCodec, hist: torch.Tensor, tgt: torch.Tensor,
+          users: torch.Tensor | None) -> torch.Tensor:
     """Forward through the (possibly DDP-wrapped) model so gradients synchronise."""
     inner = model.module if hasattr(model, "module") else model
-    inputs = codec.encoder_inputs(inner, hist)
+    inputs = codec.encoder_inputs(inner, hist, users)
     return model(**inputs, labels=codec.labels(tgt).to(inner.device)).loss

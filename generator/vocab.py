@@ -1,6 +1,8 @@
-"""SID vocabulary: one token per (SID position, code), plus <pad> (also the decoder start) and </s>.
+"""SID vocabulary: one token per (SID position, code), plus <pad> (also the decoder start) and </s>,
+and optionally TIGER's hashed user tokens.
 
-Token ids: 0 <pad>, 1 </s>, 2 <unk>, then position 0's codes, position 1's codes, ... A
+Token ids: 0 <pad>, 1 </s>, 2 <unk>, then position 0's codes, position 1's codes, ..., then the
+user tokens `<u0>`..`<u{n-1}>` (a user id is hashed to one of them with `user_bucket`). A
 Hugging Face fast tokenizer over this vocabulary round-trips readable strings such as
 `<s0_12><s1_201><s2_7><s3_0>`, saves with `save_pretrained` and reloads with `AutoTokenizer`.
 `SIDVocab.text_tokenizer` extends it with a sentencepiece subword vocabulary learnt from item text,
@@ -8,6 +10,7 @@ for models that mix text and SIDs."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,9 +22,17 @@ PAD, EOS, UNK = 0, 1, 2
 SPECIAL = ["<pad>", "</s>", "<unk>"]
 
 
+def user_bucket(user_id: str, buckets: int) -> int:
+    """A user id's hash bucket: stable across processes and machines (Python's `hash` is not)."""
+    digest = hashlib.blake2b(str(user_id).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
+
+
 @dataclass
 class SIDVocab:
     codebook_sizes: list[int]
+    user_buckets: int = 0
+    """Hashed user tokens (TIGER); 0 = none."""
 
     @property
     def offsets(self) -> np.ndarray:
@@ -29,7 +40,14 @@ class SIDVocab:
 
     @property
     def size(self) -> int:
-        return len(SPECIAL) + int(sum(self.codebook_sizes))
+        return len(SPECIAL) + int(sum(self.codebook_sizes)) + self.user_buckets
+
+    def user_tokens(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Token ids of the users' hashed `<u..>` tokens."""
+        if not self.user_buckets:
+            raise ValueError("this vocabulary has no user tokens (user_buckets is 0)")
+        first = len(SPECIAL) + int(sum(self.codebook_sizes))
+        return np.array([first + user_bucket(u, self.user_buckets) for u in user_ids], dtype=np.int64)
 
     @property
     def sid_length(self) -> int:
@@ -47,7 +65,8 @@ class SIDVocab:
         return np.asarray(codes, dtype=np.int64) + self.offsets
 
     def token_strings(self) -> list[str]:
-        return SPECIAL + [f"<s{p}_{c}>" for p, k in enumerate(self.codebook_sizes) for c in range(k)]
+        return (SPECIAL + [f"<s{p}_{c}>" for p, k in enumerate(self.codebook_sizes) for c in range(k)]
+                + [f"<u{b}>" for b in range(self.user_buckets)])
 
     def hf_tokenizer(self):
         """A `PreTrainedTokenizerFast` for this vocabulary."""

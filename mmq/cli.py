@@ -149,8 +149,9 @@ def _recommend(args: argparse.Namespace, cfg) -> Any:
     else:
         if not args.history:
             raise DataError("give --history ITEM ... or --users-file FILE", field="history")
-        histories, users = [args.history], [None]
-    recs = rec.recommend(histories, k=args.k, beam_width=max(cfg.decode.beam_width, args.k))
+        histories, users = [args.history], [args.user]
+    recs = rec.recommend(histories, k=args.k, beam_width=max(cfg.decode.beam_width, args.k),
+                         users=users if rec.codec.uses_users else None)
     out = [{"user_id": u, "recommendations": [r.__dict__ for r in rs]} for u, rs in zip(users, recs, strict=True)]
     if not args.json:
         for entry in out:
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator.")
     sp.add_argument("--model", required=True, help="generator directory")
     sp.add_argument("--history", nargs="*", metavar="ITEM", help="item ids, oldest first")
+    sp.add_argument("--user", help="the user's id (needed by a generator trained with hashed user tokens)")
     sp.add_argument("--users-file", help="JSON lines {\"user_id\": ..., \"history\": [item ids]}")
     sp.add_argument("--k", type=int, default=10)
 

@@ -112,19 +112,25 @@ def sample_part(part: SplitPart, n: int, seed: int) -> SplitPart:
     return SplitPart(part.users[idx], part.histories[idx], part.targets[idx])
 
 
-def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: bool = False) -> np.ndarray:
+def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: bool = False,
+              user_ids: list[str] | None = None) -> np.ndarray:
+    """Top-max(ks) items for every example of a split part (`user_ids`: the dataset's, for a
+    generator with hashed user tokens)."""
+    users = [user_ids[u] for u in part.users] if user_ids is not None and rec.codec.uses_users else None
     items, _ = rec.rank(torch.from_numpy(part.histories), k=max(cfg.eval.ks), beam_width=cfg.decode.beam_width,
-                        batch_size=cfg.decode.batch_size, show_progress=show_progress)
+                        batch_size=cfg.decode.batch_size, show_progress=show_progress, users=users)
     return items
 
 
-def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int):
+def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int,
+                   user_ids: list[str] | None = None):
     """validate(model) -> Recall/NDCG@ks on the given validation users (the trie is built once)."""
     rec = Recommender(None, codec, cfg.data.max_history)
 
     def validate(model) -> dict[str, float]:
         rec.model = model.eval()
-        res = evaluate_rankings(rank_part(rec, valid, cfg), valid.targets, num_items, cfg.eval.ks)["all"]
+        res = evaluate_rankings(rank_part(rec, valid, cfg, user_ids=user_ids), valid.targets, num_items,
+                                cfg.eval.ks)["all"]
         model.train()
         return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
 
@@ -141,13 +147,17 @@ def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir
     cfg.train.seed = cfg.seed
     cfg.generator.max_history = cfg.data.max_history
     split = make_split(ds, cfg)
-    codec = SIDCodec(table, cfg.generator.input_mode)
-    validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg, ds.num_items)
+    codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
+    user_ids = ds.user_ids()
+    validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg, ds.num_items,
+                              user_ids)
+    train_users = codec.user_tokens([user_ids[u] for u in split.train.users]) if codec.uses_users else None
     t0 = time.perf_counter()
     state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
                             cfg.generator, cfg.train, output_dir, validate, show_progress,
                             extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir),
-                                        "valid_users": cfg.decode.valid_users}, titles=titles_of(ds))
+                                        "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),
+                            train_users=train_users)
     return {"output": str(output_dir), "best_model": str(Path(output_dir) / "best"), "steps": state["step"],
             "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
             "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -164,7 +174,7 @@ def run_evaluate(ds: RecDataset, cfg: Config, model_dir: str | Path, split_name:
     part = getattr(split, split_name)
     buckets = popularity_buckets(split.train_sequences, ds.num_items, cfg.eval.buckets)
     t0 = time.perf_counter()
-    items = rank_part(rec, part, cfg, show_progress)
+    items = rank_part(rec, part, cfg, show_progress, ds.user_ids())
     seconds = time.perf_counter() - t0
     res = evaluate_rankings(items, part.targets, ds.num_items, cfg.eval.ks, buckets.of_targets(part.targets))
     return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),

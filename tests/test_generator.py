@@ -14,7 +14,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from generator.beam import constrained_beam_search, prefix_allowed_tokens
 from generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
 from generator.trie import PrefixTrie
-from generator.vocab import SIDVocab
+from generator.vocab import SIDVocab, user_bucket
 from tokenizer.sid import SIDTable
 
 # equal encoder and decoder depth: HF generate mis-sizes its cache for T5 when they differ
@@ -65,6 +65,29 @@ def test_vocab_tokenizer_round_trip(tmp_path):
     assert ids == vocab.to_tokens(np.array([12, 201, 7, 0])).tolist()
     assert again.decode(ids) == s
     assert vocab.size == 3 + 256 * 3 + 3 and vocab.slice(1) == (259, 515)
+
+
+def test_user_tokens():
+    vocab = SIDVocab([8, 8], user_buckets=5)
+    assert vocab.size == 3 + 16 + 5 and vocab.token_strings()[-1] == "<u4>"
+    ids = vocab.user_tokens([f"user{i}" for i in range(200)])
+    assert ids.min() >= 19 and ids.max() < vocab.size and len(set(ids.tolist())) == 5
+    assert (vocab.user_tokens(["user7"]) == ids[7]).all()  # a user always hashes to the same token
+    assert user_bucket("user7", 5) == ids[7] - 19
+    table = catalogue(0, 10, 2, 8)
+    for mode in ("flat", "item"):
+        codec = SIDCodec(table, mode, user_buckets=5)
+        model = build_model(codec.vocab, GeneratorConfig(**{**TINY.__dict__, "input_mode": mode, "user_buckets": 5}))
+        hist = torch.tensor([[-1, 0, 3, 4], [1, 2, 3, 4]])
+        users = codec.user_tokens(["a", "b"])
+        enc = codec.encoder_inputs(model, hist, users)
+        plain = SIDCodec(table, mode).encoder_inputs(model, hist)
+        assert enc["attention_mask"].shape[1] == plain["attention_mask"].shape[1] + 1
+        assert (enc["attention_mask"][:, 0] == 1).all()
+        if mode == "flat":
+            assert (enc["input_ids"][:, 0] == users).all()
+        with pytest.raises(ValueError, match="user"):
+            codec.encoder_inputs(model, hist)
 
 
 TITLES = ["Maybelline Great Lash Mascara, Blackest Black", "Neutrogena Hydro Boost gel cream 50ml",

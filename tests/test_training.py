@@ -97,3 +97,22 @@ def test_train_evaluate_recommend_commands(tokenized, tmp_path, capsys):
     assert [u["user_id"] for u in json.loads(capsys.readouterr().out)] == ["a", "b"]
     assert main(["recommend", "--model", str(out / "best"), "--history", "nope"]) == 2
     assert "unknown item id(s) ['nope']" in capsys.readouterr().err
+
+
+def test_hashed_user_tokens(tokenized, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_cmd(tokenized, out, 20, 10)[3:] + ["--generator.user_buckets", "16",
+                                                         "--generator.input_mode", "item"]) == 0
+    capsys.readouterr()
+    info = json.loads((out / "best" / "generator.json").read_text())
+    assert info["user_buckets"] == 16
+    assert main(["evaluate", "--dataset", str(tokenized / "ds"), "--model", str(out / "best"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["all"]["invalid_rate"] == 0.0
+    history = ["--model", str(out / "best"), "--history", "syn00003", "syn00010", "--k", "5", "--json"]
+    assert main(["recommend", *history]) == 2
+    assert "user id" in capsys.readouterr().err
+    scores = {}
+    for user in ("u0001", "u0002"):
+        assert main(["recommend", *history, "--user", user]) == 0
+        scores[user] = [r["score"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+    assert scores["u0001"] != scores["u0002"]  # the user token reaches the model
