@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recdata.io import write_json, write_text
 
 BUCKET_TITLES = {
@@ -17,8 +19,34 @@ BUCKET_TITLES = {
 }
 
 
+def mean_std(runs: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per-group metrics of several runs (e.g. seeds) -> their mean, with `<metric>_std` (sample
+    standard deviation, 0 for one run) beside each metric and `runs` = how many."""
+    if not runs:
+        raise ValueError("mean_std needs at least one run")
+    out: dict[str, dict[str, float]] = {}
+    for group in runs[0]:
+        rows = [r[group] for r in runs]
+        agg: dict[str, float] = {"users": rows[0].get("users", 0), "runs": len(rows)}
+        for key in rows[0]:
+            if key == "users":
+                continue
+            vals = np.array([row[key] for row in rows], dtype=float)
+            agg[key] = float(vals.mean())
+            agg[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out[group] = agg
+    return out
+
+
+def _cell(row: Mapping[str, float], key: str, digits: int = 4) -> str:
+    if row.get("runs", 1) > 1 and f"{key}_std" in row:
+        return f"{row[key]:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+    return f"{row[key]:.{digits}f}"
+
+
 def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], group: str, ks: Sequence[int]) -> str:
-    """Markdown table: one row per model, Recall/NDCG@k columns, for one user group."""
+    """Markdown table: one row per model, Recall/NDCG@k columns, for one user group (mean ± std
+    where a row aggregates several runs, see `mean_std`)."""
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     head = "| model | users | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N") for c in cols) + \
            f" | coverage@{ks[-1]} |"
@@ -28,8 +56,8 @@ def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], grou
         if not row.get("users"):
             lines.append(f"| {model} | 0 |" + " – |" * (len(cols) + 1))
             continue
-        vals = " | ".join(f"{row[c]:.4f}" for c in cols)
-        lines.append(f"| {model} | {row['users']:,} | {vals} | {row[f'coverage@{ks[-1]}']:.3f} |")
+        vals = " | ".join(_cell(row, c) for c in cols)
+        lines.append(f"| {model} | {row['users']:,} | {vals} | {_cell(row, f'coverage@{ks[-1]}', 3)} |")
     return "\n".join(lines)
 
 

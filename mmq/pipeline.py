@@ -155,7 +155,7 @@ def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir
     t0 = time.perf_counter()
     state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
                             cfg.generator, cfg.train, output_dir, validate, show_progress,
-                            extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir),
+                            extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
                                         "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),
                             train_users=train_users)
     return {"output": str(output_dir), "best_model": str(Path(output_dir) / "best"), "steps": state["step"],

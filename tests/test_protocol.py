@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from eval.buckets import BucketConfig, popularity_buckets
 from eval.metrics import coverage_at_k, evaluate_rankings, invalid_rate, ndcg_at_k, recall_at_k
+from eval.report import mean_std, metrics_table
 from eval.split import PAD, cold_start_split, leave_one_out
 
 D = [1 / math.log2(r + 1) for r in range(1, 25)]  # discount of rank r (1-based) is D[r-1]
@@ -142,3 +143,15 @@ def test_evaluate_rankings_strata():
     assert res["all"]["invalid_rate"] == 0.0
     with pytest.raises(ValueError, match="exceeds"):
         evaluate_rankings(RANKED, TARGETS, 10, ks=(5,))
+
+
+def test_mean_std_over_seeds_and_table():
+    runs = [{"all": {"users": 10, "recall@10": r, "ndcg@10": n, "coverage@10": 0.5}}
+            for r, n in ((0.1, 0.05), (0.2, 0.07), (0.3, 0.09))]
+    agg = mean_std(runs)["all"]
+    assert agg["runs"] == 3 and agg["users"] == 10
+    assert agg["recall@10"] == pytest.approx(0.2) and agg["recall@10_std"] == pytest.approx(0.1)
+    assert agg["ndcg@10"] == pytest.approx(0.07) and agg["ndcg@10_std"] == pytest.approx(0.02)
+    table = metrics_table({"three seeds": {"all": agg}, "one run": mean_std(runs[:1])}, "all", [10])
+    assert "| three seeds | 10 | 0.2000 ± 0.1000 | 0.0700 ± 0.0200 | 0.500 ± 0.000 |" in table
+    assert "| one run | 10 | 0.1000 | 0.0500 | 0.500 |" in table
