@@ -240,12 +240,12 @@ def main() -> None:
     out = Path(args.out)
     write_json(out / "decoding.json", result)
     lines = [
-        "# Decoding benchmark: constrained beam search vs HF generate",
+        "# Decoding benchmark: constrained beam search vs HF generate", "",
         f"Command: `{result['command']}`. Machine: {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), no GPU. Beam {args.beam}, top-{args.k}, {len(test_hist):,} "
         f"Beauty test users (a fixed random sample), SID length {table.sid_length}, TIGER-size T5 "
         "(4+4 layers, d_model 128, 6 heads x 64, d_ff 1024)"
-        + (", trained." if args.model else ", random weights (decoding cost does not depend on training)."),
+        + (", trained." if args.model else ", random weights (decoding cost does not depend on training)."), "",
         "| input mode | decoder | best batch | users/s | peak RSS growth (MB) | invalid rate |",
         "|---|---|---:|---:|---:|---:|",
     ]
