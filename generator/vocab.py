@@ -88,8 +88,8 @@ class SIDVocab:
         both (prompts such as `bought <s0_12><s1_201><s2_7> Great Lash Mascara`).
 
         sentencepiece learns a unigram subword vocabulary of about `text_vocab_size` pieces (at least
-        the 256 fallback bytes and every character seen) from
-        `texts` (e.g. item titles), with byte fallback so any text round-trips; every SID token is
+        the 256 fallback bytes and every character seen) from `texts` (e.g. item titles), with byte
+        fallback so any text round-trips; every SID token is
         an added token that is never split. Ids 0..`size`-1 are this vocabulary's, unchanged (the
         same SID token has the same id as in `hf_tokenizer`), the text pieces follow. Training is
         single-threaded and deterministic: the same texts give the same tokenizer."""

@@ -84,7 +84,8 @@ def main() -> None:
     for label, runs in groups.items():
         for r in runs:
             t, m = r["training"], r["test"]["metrics"]
-            per_run.append(f"| {label} | {Path(r['run_dir']).name} | {t['step']:,} | {t['best_step']} "
+            run = Path(r["run_dir"])
+            per_run.append(f"| {label} | {run.parent.name}/{run.name} | {t['step']:,} | {t['best_step']} "
                            f"({t['best_metric']:.4f}) | {m['all']['recall@10']:.4f} | {m['all']['ndcg@10']:.4f} | "
                            f"{m.get('tail', {}).get('recall@10', float('nan')):.4f} |")
     parts += ["## Every run", "\n".join(per_run)]
