@@ -89,10 +89,10 @@ class SIDVocab:
 
         sentencepiece learns a unigram subword vocabulary of about `text_vocab_size` pieces (at least
         the 256 fallback bytes and every character seen) from `texts` (e.g. item titles), with byte
-        fallback so any text round-trips; every SID token is
-        an added token that is never split. Ids 0..`size`-1 are this vocabulary's, unchanged (the
-        same SID token has the same id as in `hf_tokenizer`), the text pieces follow. Training is
-        single-threaded and deterministic: the same texts give the same tokenizer."""
+        fallback so any text round-trips; every SID token is an added token that is never split.
+        Ids 0..`size`-1 are this vocabulary's, unchanged (the same SID token has the same id as in
+        `hf_tokenizer`), the text pieces follow. Training is single-threaded and deterministic: the
+        same texts give the same tokenizer."""
         import sentencepiece as spm
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
