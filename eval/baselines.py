@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.split import PAD
+from mmq_rec.eval.split import PAD
 
 
 def popularity_rankings(popularity: np.ndarray, num_users: int, k: int) -> np.ndarray:

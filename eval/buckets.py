@@ -24,10 +24,14 @@ class BucketConfig:
     """Share of least popular items that form the long tail."""
 
     def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
         for name in ("head_fraction", "long_tail_fraction"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {v}")
+                raise ValueError(f"{name}: must be in (0, 1) (got {v!r})")
+        if self.head_fraction + self.long_tail_fraction > 1.0:
+            raise ValueError(f"long_tail_fraction: head_fraction + long_tail_fraction must be <= 1, so the long "
+                             f"tail stays out of the head (got {self.head_fraction!r} + {self.long_tail_fraction!r})")
 
 
 @dataclass

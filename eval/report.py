@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recdata.io import write_json, write_text
+from mmq_rec.recdata.io import write_json, write_text
 
 BUCKET_TITLES = {
     "all": "All test users",
@@ -17,6 +18,23 @@ BUCKET_TITLES = {
     "long_tail": "Long tail (target in the bottom 25% of items)",
     "cold": "Cold (target never seen in training)",
 }
+
+
+GENERATED_BY = "mmq-rec report"
+
+
+def _check_replaceable(md: Path, js: Path) -> None:
+    from mmq_rec.recdata.errors import DataError
+
+    if not md.exists() and not js.exists():
+        return
+    try:
+        ours = json.loads(js.read_text(encoding="utf-8")).get("generated_by") == GENERATED_BY
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"{md.name} or {js.name} exists and is not an earlier MMQ-Rec report; refusing to "
+                        "overwrite it (choose another --report)", path=md.parent, field="report")
 
 
 def mean_std(runs: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
@@ -63,13 +81,15 @@ def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], grou
 
 def write_report(path: str | Path, title: str, results: Mapping[str, Mapping[str, Mapping[str, float]]],
                  ks: Sequence[int], preamble: str = "", extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write `<path>.md` and `<path>.json` atomically; returns both paths."""
+    """Write `<path>.md` and `<path>.json` atomically; returns both paths. An existing pair is
+    replaced only if its JSON is an earlier report of ours: a user's files are never overwritten."""
     path = Path(path)
+    _check_replaceable(path.with_suffix(".md"), path.with_suffix(".json"))
     groups = [g for g in BUCKET_TITLES if any(g in r for r in results.values())]
     parts = [f"# {title}", preamble.strip()] if preamble.strip() else [f"# {title}"]
     for g in groups:
         parts += [f"## {BUCKET_TITLES[g]}", metrics_table(results, g, ks)]
     md, js = path.with_suffix(".md"), path.with_suffix(".json")
     write_text(md, "\n\n".join(parts) + "\n")
-    write_json(js, {"title": title, "ks": list(ks), "results": results, **(extra or {})})
+    write_json(js, {"title": title, "ks": list(ks), "results": results, **(extra or {}), "generated_by": GENERATED_BY})
     return md, js

@@ -4,7 +4,10 @@ For a user with items s_0 .. s_{n-1}: the test target is s_{n-1}, the validation
 and the training part s_0 .. s_{n-3}, from which every prefix predicts its next item. Each example
 sees at most `max_history` items before its target. Users with fewer than 3 items have no
 validation/test example; their items all go to training and they are counted in
-`Split.short_users`."""
+`Split.short_users`.
+
+A split that cannot be evaluated or trained on (no user with 3 items, no training example left)
+is a DataError saying what the data lacks, rather than an empty array failing somewhere later."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from mmq_rec.recdata.errors import DataError
 
 PAD = -1
 
@@ -78,8 +83,27 @@ def _split(sequences: Sequence[np.ndarray], num_items: int, max_history: int,
         train_seqs.append(train)
         for t in range(1, len(train)):
             tr_u.append(u), tr_h.append(train[max(0, t - max_history):t]), tr_t.append(int(train[t]))
+    _check_usable(sequences, len(va_t), len(tr_t), train_filter is not None)
     return Split(_part(tr_u, tr_h, tr_t, max_history), _part(va_u, va_h, va_t, max_history),
                  _part(te_u, te_h, te_t, max_history), train_seqs, num_items, max_history, short)
+
+
+def _check_usable(sequences: Sequence[np.ndarray], evaluated: int, train_examples: int, cold: bool) -> None:
+    """Validation/test need users with >= 3 items; training needs a user whose training part has
+    >= 2 items (a user with >= 4 items, or a short user with 2)."""
+    n = len(sequences)
+    if n == 0:
+        raise DataError("leave-one-out split: the dataset has no users")
+    if evaluated == 0:
+        lengths = np.bincount([min(len(s), 3) for s in sequences], minlength=4)
+        raise DataError(f"leave-one-out split: 0 of {n:,} users have >= 3 items ({lengths[2]:,} have 2, "
+                        f"{lengths[1]:,} have 1); each validation/test user needs 3 (a training item, "
+                        "the validation target and the test target)")
+    if train_examples == 0:
+        cause = "after holding the cold-start items out, " if cold else ""
+        raise DataError(f"leave-one-out split: {cause}no training example is left ({evaluated:,} of {n:,} users "
+                        "have >= 3 items, but a training example needs a user with >= 4 items, "
+                        "or a user with exactly 2)")
 
 
 def leave_one_out(sequences: Sequence[np.ndarray], num_items: int, max_history: int = 20) -> Split:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import T5ForConditionalGeneration
 
-from generator.trie import PrefixTrie
-from generator.vocab import SIDVocab
+from mmq_rec.generator.trie import PrefixTrie
+from mmq_rec.generator.vocab import SIDVocab
 
 
 def project(model: T5ForConditionalGeneration, hidden: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from generator.vocab import EOS, PAD, SIDVocab
-from recdata.errors import DataError
-from recdata.io import atomic_dir
-from tokenizer.sid import SID_TABLE_FILE, SIDTable
+from mmq_rec.generator.vocab import EOS, PAD, SIDVocab
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import atomic_dir, read_json
+from mmq_rec.tokenizer.sid import SID_TABLE_FILE, SIDTable
 
 INPUT_MODES = ("flat", "item")
 GENERATOR_FILE = "generator.json"
@@ -42,6 +42,18 @@ class GeneratorConfig:
     user_buckets: int = 0
     """TIGER's hashed user token: 0 = none; else user ids are hashed into this many `<u..>` tokens
     and the encoder input starts with the user's token (recommending then needs the user id)."""
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode: must be one of {', '.join(INPUT_MODES)} (got {self.input_mode!r})")
+        for name in ("num_layers", "num_decoder_layers", "d_model", "num_heads", "d_kv", "d_ff", "max_history"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1) (got {self.dropout!r})")
+        if not self.user_buckets >= 0:
+            raise ValueError(f"user_buckets: must be >= 0 (got {self.user_buckets!r})")
 
 
 def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGeneration:
@@ -115,7 +127,7 @@ ITEMS_FILE = "items.json"
 def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
                    extra: dict[str, Any] | None = None, titles: list[str] | None = None) -> Path:
     """`titles` (one per SID-table item) are kept in items.json so recommendations can show them."""
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, "generator") as tmp:
         if titles is not None:
             (tmp / ITEMS_FILE).write_text(json.dumps(dict(zip(codec.table.item_ids, titles, strict=True))) + "\n")
         model.save_pretrained(tmp, safe_serialization=True)
@@ -130,7 +142,9 @@ def load_generator(path: str | Path) -> tuple[T5ForConditionalGeneration, SIDCod
     info_path = path / GENERATOR_FILE
     if not info_path.is_file():
         raise DataError("not a generator directory (no generator.json); train one with `mmq train`", path=path)
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path)
+    if not isinstance(info, dict):
+        raise DataError("expected a JSON object", path=info_path)
     fields = GeneratorConfig.__dataclass_fields__
     cfg = GeneratorConfig(**{k: v for k, v in info.items() if k in fields})
     model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()

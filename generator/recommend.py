@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from generator.beam import constrained_beam_search
-from generator.model import ITEMS_FILE, SIDCodec, load_generator
-from generator.trie import PrefixTrie
-from recdata.errors import DataError
+from mmq_rec.generator.beam import constrained_beam_search
+from mmq_rec.generator.model import ITEMS_FILE, SIDCodec, load_generator
+from mmq_rec.generator.trie import PrefixTrie
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import read_json
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Recommender:
         if device:
             model.to(device)
         items = Path(path) / ITEMS_FILE
-        return cls(model, codec, cfg.max_history, json.loads(items.read_text()) if items.exists() else None)
+        return cls(model, codec, cfg.max_history, read_json(items) if items.exists() else None)
 
     def histories_tensor(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """Right-aligned (B, max_history) item rows, -1 padded (older items beyond the cap are dropped)."""

@@ -7,7 +7,11 @@ the *validation* split (main process; the result is broadcast), the best model i
 `save_pretrained` into `OUT/best`, and training stops after `patience` evaluations without
 improvement. A checkpoint (accelerate state + trainer_state.json) is written atomically to
 `OUT/checkpoint` at every evaluation; starting again with the same output directory resumes
-from it, mid-epoch included (seedable sampler + skipped batches). TensorBoard logs go to `OUT/logs`."""
+from it, mid-epoch included (seedable sampler + skipped batches). TensorBoard logs go to `OUT/logs`.
+
+With a wall-clock budget (`max_minutes`) the run is laid out from what it measures: after a few
+steps it validates once, times a step and a validation, and sets the total steps, warmup and
+validation cadence so the schedule decays and validation runs several times inside the budget."""
 
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from generator.model import GeneratorConfig, SIDCodec, build_model, save_generator
-from recdata.io import atomic_dir, write_json
+from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, save_generator
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import atomic_dir, write_json
 
 STATE_FILE = "trainer_state.json"
+SCHEDULES = ("cosine", "inverse_sqrt", "constant")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
@@ -58,18 +65,89 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        # `not x >= 1` (rather than `x < 1`) also refuses NaN.
+        for name in ("batch_size", "max_steps", "grad_accum", "eval_every", "patience", "log_every"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
+        for name in ("warmup_steps", "weight_decay", "max_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0 (got {getattr(self, name)!r})")
+        for name in ("lr", "max_grad_norm"):  # a clipping norm of 0 would zero every gradient
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0 (got {getattr(self, name)!r})")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision: must be one of {', '.join(MIXED_PRECISION)} "
+                             f"(got {self.mixed_precision!r})")
+        # the validator reports recall@K and ndcg@K; that K is one of eval.ks is checked by mmq.config
+        kind, _, k = self.metric.partition("@")
+        if kind not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1 or k != str(int(k)):
+            raise ValueError(f"metric: must be recall@K or ndcg@K (got {self.metric!r})")
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+
+def _lr_lambda(cfg: TrainConfig, plan: dict[str, Any]) -> Callable[[int], float]:
+    """Warmup then decay over the *planned* run (`plan` may be re-laid by a time budget)."""
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+        warmup, total = plan["warmup_steps"], plan["total_steps"]
+        if step < warmup:
+            return (step + 1) / warmup
         if cfg.schedule == "constant":
             return 1.0
         if cfg.schedule == "inverse_sqrt":
-            return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+            return math.sqrt(max(warmup, 1) / (step + 1))
+        progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return f
+
+
+def initial_plan(cfg: TrainConfig) -> dict[str, Any]:
+    return {"total_steps": cfg.max_steps, "warmup_steps": cfg.warmup_steps, "eval_every": cfg.eval_every,
+            "eval_from": 0, "calibrated": cfg.max_minutes <= 0}
+
+
+def budget_plan(cfg: TrainConfig, step: int, seconds: float, eval_seconds: float) -> dict[str, Any]:
+    """Lay out the rest of a `max_minutes` run from the measured cost of a step and of a validation:
+    as many steps as fit in the remaining time beside ~5 validations (at least 3), warmup at most
+    a tenth of the run, and the decay ending at the last step. Never more than `max_steps`."""
+    per_step = seconds / max(step, 1)
+    remaining = 60 * cfg.max_minutes - seconds
+    n_evals = 5
+    steps_left = int((remaining - n_evals * eval_seconds) / per_step)
+    if steps_left < 5 * n_evals:  # validation dominates: validate less often
+        n_evals = 3
+        steps_left = max(int((remaining - n_evals * eval_seconds) / per_step), n_evals)
+    total = min(cfg.max_steps, step + steps_left)
+    return {"total_steps": total, "warmup_steps": min(cfg.warmup_steps, max(1, total // 10)),
+            "eval_every": max(1, math.ceil((total - step) / n_evals)), "eval_from": step, "calibrated": True,
+            "seconds_per_step": round(per_step, 4), "seconds_per_validation": round(eval_seconds, 2)}
+
+
+def _calibration_due(cfg: TrainConfig, step: int, seconds: float) -> bool:
+    """Time to measure the step cost: a few steps in, after 3% of the budget (at least 3 s)."""
+    return step >= 5 and seconds >= max(3.0, 0.03 * 60 * cfg.max_minutes)
+
+
+def _damaged(ckpt: Path, e: Exception) -> DataError:
+    return DataError(f"cannot resume from this checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                     "delete the folder to start afresh, or rerun with --overwrite", path=ckpt)
+
+
+def read_checkpoint_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """The trainer state of the run's checkpoint (None when there is none); a damaged one is a
+    DataError naming it. Cheap, so callers check it before writing anything."""
+    path = Path(run_dir) / "checkpoint" / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not {"step", "plan", "history", "finished"} <= state.keys():
+            raise ValueError("missing keys")
+    except (OSError, ValueError) as e:
+        raise _damaged(path.parent, e) from None
+    return state
 
 
 def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_targets: torch.Tensor,
@@ -77,8 +155,10 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                     validate: Callable[[Any], dict[str, float]] | None = None,
                     show_progress: bool = True, extra_info: dict[str, Any] | None = None,
                     titles: list[str] | None = None, train_users: torch.Tensor | None = None) -> dict[str, Any]:
-    """Train (or resume) and return the trainer state: steps, best step and metric, history.
-    `train_users` (E,): each example's user-token id, required when the codec has user tokens."""
+    """Train (or resume) and return the trainer state: steps, best step and metric, history, and
+    the plan (total steps, warmup, validation cadence; derived from the measured step time when
+    `cfg.max_minutes` is set). `train_users` (E,): each example's user-token id, required when
+    the codec has user tokens."""
     if codec.uses_users and train_users is None:
         raise ValueError("the generator has hashed user tokens: pass train_users")
     out = Path(output_dir)
@@ -94,23 +174,31 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     columns = [train_histories, train_targets] + ([train_users] if codec.uses_users else [])
     loader = DataLoader(TensorDataset(*columns), batch_size=cfg.batch_size, shuffle=True, drop_last=False)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
+    plan = initial_plan(cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg, plan))
     model, optim, loader, sched = accelerator.prepare(model, optim, loader, sched)
     accelerator.init_trackers("generator", config={**asdict(cfg), **asdict(model_cfg)})
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None,
-                             "bad_evals": 0, "history": [], "finished": False, "train_seconds": 0.0}
+                             "bad_evals": 0, "history": [], "finished": False, "train_seconds": 0.0, "plan": plan}
     ckpt = out / "checkpoint"
-    if (ckpt / STATE_FILE).exists():
-        accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / STATE_FILE).read_text())
+    saved = read_checkpoint_state(out)
+    if saved is not None:
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as e:  # a damaged file raises anything from OSError to safetensors errors
+            raise _damaged(ckpt, e) from None
+        state = saved
+        plan.update(state["plan"])
+        state["plan"] = plan
         _log(accelerator, f"resuming from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
     if state["finished"]:
         return state
 
-    def evaluate_and_checkpoint() -> bool:
+    def evaluate_and_checkpoint(out_of_time: bool) -> bool:
         """Validate, keep the best model, checkpoint; True when training should stop."""
         metrics = None
+        t_eval = time.perf_counter()
         if accelerator.is_main_process and validate is not None:
             model.eval()
             metrics = validate(accelerator.unwrap_model(model))
@@ -130,12 +218,12 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 state["bad_evals"] += 1
             _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "
                               f"(best {state['best_metric']:.4f} at {state['best_step']})")
-        out_of_time = cfg.max_minutes > 0 and state["train_seconds"] >= 60 * cfg.max_minutes
-        stop = state["bad_evals"] >= cfg.patience or state["step"] >= cfg.max_steps or out_of_time
+        state["eval_seconds"] = time.perf_counter() - t_eval
+        stop = state["bad_evals"] >= cfg.patience or state["step"] >= plan["total_steps"] or out_of_time
         state["finished"] = stop
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            with atomic_dir(ckpt) as tmp:
+            with atomic_dir(ckpt, "checkpoint") as tmp:
                 # tied embeddings make accelerate warn that it dropped shared tensors; they reload tied
                 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
                 accelerator.save_state(str(tmp), safe_serialization=True)
@@ -144,7 +232,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         return stop
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", disable=not show_progress
+    bar = tqdm(total=plan["total_steps"], initial=state["step"], desc="train", disable=not show_progress
                or not accelerator.is_local_main_process)
     t0 = time.perf_counter() - state["train_seconds"]
     running, n_running = 0.0, 0
@@ -174,9 +262,22 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 bar.set_postfix(loss=f"{running / n_running:.3f}")
                 running, n_running = 0.0, 0
             state["train_seconds"] = time.perf_counter() - t0
-            out_of_time = cfg.max_minutes > 0 and state["train_seconds"] >= 60 * cfg.max_minutes
-            if state["step"] % cfg.eval_every == 0 or state["step"] >= cfg.max_steps or out_of_time:
-                stop = evaluate_and_checkpoint()
+            # the clock is rank 0's: every rank takes the same time decisions, or collectives hang
+            out_of_time = _main_decides(accelerator, cfg.max_minutes > 0
+                                        and state["train_seconds"] >= 60 * cfg.max_minutes)
+            calibrate = not plan["calibrated"] and _main_decides(
+                accelerator, _calibration_due(cfg, state["step"], state["train_seconds"]))
+            if calibrate or out_of_time or state["step"] >= plan["total_steps"] or \
+                    (state["step"] - plan["eval_from"]) % plan["eval_every"] == 0:
+                stop = evaluate_and_checkpoint(out_of_time)
+                if calibrate and not stop:
+                    new = budget_plan(cfg, state["step"], time.perf_counter() - t0, state["eval_seconds"])
+                    plan.update(broadcast_object_list([new])[0])
+                    bar.total = plan["total_steps"]
+                    bar.refresh()
+                    _log(accelerator, f"time budget {cfg.max_minutes} min: {plan['total_steps']} steps, warmup "
+                                      f"{plan['warmup_steps']}, validation every {plan['eval_every']} steps "
+                                      f"({plan['seconds_per_step']} s/step, {plan['seconds_per_validation']} s/validation)")
                 if stop:
                     break
         else:
@@ -185,6 +286,13 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     bar.close()
     accelerator.end_training()
     return state
+
+
+def _main_decides(accelerator: Accelerator, flag: bool) -> bool:
+    """`flag` as computed on the main process, the same on every rank."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(broadcast_object_list([flag])[0])
 
 
 def _log(accelerator: Accelerator, message: str) -> None:

@@ -1,5 +1,6 @@
-"""The `mmq` command line. Every subcommand takes `--config FILE.yaml` and `--section.key value`
-overrides (see `mmq config`)."""
+"""The `mmq` command line: a thin front end to `mmq_rec.pipeline.Pipeline`. Every subcommand
+takes `--config FILE.yaml` and `--section.key value` overrides (see `mmq config`); bad input ends
+in one line, `mmq <command>: error: ...`, naming the file, line or field, with exit code 2."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recdata.errors import DataError
+from mmq_rec.recdata.errors import DataError
 
 FORMATS = ("jsonl", "p5", "unisrec", "recbole", "amazon2014", "amazon2018", "amazon2023", "tiktok")
 
 
 def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from recdata import amazon, loaders
+    from mmq_rec.recdata import amazon, loaders
+    from mmq_rec.recdata.io import check_output
 
-    kw = {"drop_unknown": args.drop_unknown, "name": args.name}
+    # Refuse a bad output or feature name before the (slow) load, and before anything is written.
+    check_output(args.output, "dataset", overwrite=args.overwrite, inputs=(args.input, args.meta))
+    loaders.parse_feature_specs(args.features or [])
+    kw = {"drop_unknown": args.drop_unknown, "name": args.name, "min_rating": args.min_rating,
+          "drop_repeats": args.drop_repeats}
     if args.format.startswith("amazon"):
         ds = amazon.load_amazon(args.input, version=args.format[6:], meta_path=args.meta, kcore_k=args.kcore, **kw)
     else:
@@ -27,9 +33,24 @@ def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
         ds = {"jsonl": loaders.load_jsonl, "p5": loaders.load_p5, "unisrec": loaders.load_unisrec,
               "recbole": loaders.load_recbole, "tiktok": loaders.load_tiktok}[args.format](args.input, **kw)
     loaders.attach_features(ds, args.features or [])
-    ds.save(args.output)
+    try:
+        ds.save(args.output, overwrite=args.overwrite)
+    except OSError as e:
+        raise DataError(f"cannot write the dataset ({e.strerror or e})", path=args.output) from None
     stats = ds.stats()
     stats["output"] = str(args.output)
+    # Facts about the data that change what the numbers mean: always said, on stderr so that
+    # --json output stays one object.
+    ratings, repeats, tied = stats.get("ratings"), stats.get("repeats", {}), stats.get("tied_target_users", 0)
+    if ratings and args.min_rating is None:
+        print(f"note: all {ratings['rated_interactions']:,} rated interactions are taken as positives "
+              f"({ratings['below_4']:,} are rated below 4; --min-rating R drops those below R)", file=sys.stderr)
+    if repeats.get("interactions") and not args.drop_repeats:
+        print(f"note: {repeats['interactions']:,} repeat interactions (a user meeting an item again) in "
+              f"{repeats['users']:,} users are kept; --drop-repeats keeps only each first one", file=sys.stderr)
+    if tied:
+        print(f"warning: {tied:,} users have a validation or test target decided by a tied timestamp "
+              "(the file order breaks the tie)", file=sys.stderr)
     if not args.json:
         print(f"{stats['name']}: {stats['users']:,} users / {stats['items']:,} items / "
               f"{stats['interactions']:,} interactions; mean sequence length {stats['mean_sequence_length']:.2f}")
@@ -41,26 +62,23 @@ def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
     return stats
 
 
-def _dataset_arg(args: argparse.Namespace, cfg) -> str:
-    dataset = args.dataset or cfg.data.dataset
-    if not dataset:
-        raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
-    return dataset
+def _pipeline(args: argparse.Namespace, cfg):
+    from mmq_rec.pipeline import Pipeline
+
+    return Pipeline(cfg, show_progress=not args.json)
 
 
 def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from mmq.pipeline import build_modalities
-    from recdata.io import write_json, write_npy
-    from recdata.schema import RecDataset
+    from mmq_rec.recdata.io import check_output, claim_dir, write_json, write_npy
 
-    dataset = _dataset_arg(args, cfg)
-    ds = RecDataset.load(dataset)
-    if args.modalities:
-        cfg.encode.modalities = args.modalities
-    out = Path(args.output or Path(dataset) / "embeddings")
+    pipe = _pipeline(args, cfg)
+    ds = pipe.dataset()
+    out = Path(args.output or Path(ds.meta["path"]) / "embeddings")
+    check_output(out, "embeddings", overwrite=args.overwrite, inputs=(ds.meta["path"],))
     t0 = time.perf_counter()
-    mats = build_modalities(ds, cfg, dataset_dir=dataset, show_progress=not args.json)
-    info = {"dataset": str(dataset), "output": str(out), "seconds": round(time.perf_counter() - t0, 2),
+    mats = pipe.modalities(ds)
+    claim_dir(out, "embeddings", overwrite=args.overwrite, inputs=(ds.meta["path"],))
+    info = {"dataset": ds.meta["path"], "output": str(out), "seconds": round(time.perf_counter() - t0, 2),
             "modalities": {k: list(v.shape) for k, v in mats.items()}}
     for name, m in mats.items():
         write_npy(out / f"{name}.npy", m)
@@ -72,21 +90,11 @@ def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
 
 
 def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from mmq.pipeline import run_tokenize
-    from recdata.schema import RecDataset
-    from tokenizer.api import format_quality
+    from mmq_rec.tokenizer.api import format_quality
 
-    dataset = _dataset_arg(args, cfg)
-    if args.tokenizer:
-        cfg.tokenize.tokenizer = args.tokenizer
-    if args.modalities:
-        cfg.encode.modalities = args.modalities
-    if args.sid_table:
-        cfg.tokenize.external.path = args.sid_table
-    ds = RecDataset.load(dataset)
-    result = run_tokenize(ds, cfg, dataset_dir=dataset, show_progress=not args.json)
+    pipe = _pipeline(args, cfg)
     out = Path(args.output or Path(cfg.output_dir) / "tokenizer")
-    result.save_pretrained(out)
+    result = pipe.tokenize(pipe.dataset(), out, overwrite=args.overwrite)
     q = {**result.quality, "output": str(out)}
     if not args.json:
         print(format_quality(q))
@@ -95,12 +103,9 @@ def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from mmq.pipeline import run_train
-    from recdata.schema import RecDataset
-
-    dataset = _dataset_arg(args, cfg)
+    pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "generator")
-    result = run_train(RecDataset.load(dataset), cfg, args.tokenizer_dir, out, show_progress=not args.json)
+    result = pipe.train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite)
     if not args.json:
         print(f"trained {result['steps']} steps in {result['train_seconds']:.0f}s; best validation "
               f"{cfg.train.metric} {result[f'best_valid_{cfg.train.metric}']} at step {result['best_step']} "
@@ -108,50 +113,74 @@ def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     return result
 
 
-def _evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from eval.report import write_report
-    from mmq.pipeline import run_evaluate
-    from recdata.schema import RecDataset
+def _print_metrics(args: argparse.Namespace, cfg, name: str, result: dict[str, Any], title: str,
+                   preamble: str) -> dict[str, Any]:
+    """The per-bucket tables of `evaluate` and `baseline`, printed and (`--report`) written."""
+    from mmq_rec.eval.report import metrics_table, write_report
 
-    dataset = _dataset_arg(args, cfg)
-    result = run_evaluate(RecDataset.load(dataset), cfg, args.model, args.split, show_progress=not args.json)
     if args.report:
-        md, _ = write_report(args.report, f"Generator evaluation ({args.split} split)", {"generator": result["metrics"]},
-                             cfg.eval.ks, preamble=f"Model `{args.model}`, dataset `{dataset}`, beam "
-                             f"{result['beam_width']}, {result['users']:,} users, decoded in "
-                             f"{result['decode_seconds']}s on {result['device']}.", extra=result)
+        md, _ = write_report(args.report, title, {name: result["metrics"]}, cfg.eval.ks, preamble=preamble,
+                             extra=result)
         result["report"] = str(md)
     if not args.json:
-        from eval.report import metrics_table
         for g in ("all", "head", "tail", "long_tail", "cold"):
             if result["metrics"].get(g, {}).get("users"):
-                print(f"[{g}]\n" + metrics_table({"generator": result["metrics"]}, g, cfg.eval.ks))
+                print(f"[{g}]\n" + metrics_table({name: result["metrics"]}, g, cfg.eval.ks))
         print(f"invalid-ID rate {result['metrics']['all']['invalid_rate']:.4f}; {result['users_per_second']} users/s")
     return result
 
 
-def _recommend(args: argparse.Namespace, cfg) -> Any:
-    from generator.recommend import Recommender
+def _evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    pipe = _pipeline(args, cfg)
+    ds = pipe.dataset()
+    result = pipe.evaluate(ds, args.model, args.split)
+    return _print_metrics(args, cfg, "generator", result, f"Generator evaluation ({args.split} split)",
+                          f"Model `{args.model}`, dataset `{ds.meta['path']}`, beam {result['beam_width']}, "
+                          f"{result['users']:,} users, decoded in {result['decode_seconds']}s on {result['device']}.")
 
-    rec = Recommender.from_pretrained(args.model)
+
+def _baseline(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    pipe = _pipeline(args, cfg)
+    ds = pipe.dataset()
+    result = pipe.baseline(ds, args.method, args.split, args.modality)
+    name = args.method + (f"({result['modality']})" if "modality" in result else "")
+    return _print_metrics(args, cfg, name, result, f"Baseline {name} ({args.split} split)",
+                          f"Dataset `{ds.meta['path']}`, {result['users']:,} users.")
+
+
+def _read_users_file(path: str) -> tuple[list[list[str]], list[str]]:
+    histories, users = [], []
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the users file ({e})", path=path) from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
+        if not isinstance(obj, dict) or "history" not in obj:
+            raise DataError('expected {"user_id": ..., "history": [item ids]}', path=path, line=lineno)
+        hist = obj["history"]
+        if not isinstance(hist, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in hist):
+            raise DataError(f"must be a list of item ids, got {hist!r:.60}", path=path, line=lineno, field="history")
+        users.append(None if obj.get("user_id") is None else str(obj["user_id"]))
+        histories.append([str(i) for i in hist])
+    if not histories:
+        raise DataError("no users in the file", path=path)
+    return histories, users
+
+
+def _recommend(args: argparse.Namespace, cfg) -> Any:
     if args.users_file:
-        histories, users = [], []
-        for lineno, line in enumerate(Path(args.users_file).read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                users.append(str(obj["user_id"]))
-                histories.append([str(i) for i in obj["history"]])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"expected {{\"user_id\": ..., \"history\": [item ids]}} ({e})",
-                                path=args.users_file, line=lineno) from None
+        histories, users = _read_users_file(args.users_file)
     else:
         if not args.history:
             raise DataError("give --history ITEM ... or --users-file FILE", field="history")
         histories, users = [args.history], [args.user]
-    recs = rec.recommend(histories, k=args.k, beam_width=max(cfg.decode.beam_width, args.k),
-                         users=users if rec.codec.uses_users else None)
+    recs = _pipeline(args, cfg).recommend(args.model, histories, k=args.k, users=users)
     out = [{"user_id": u, "recommendations": [r.__dict__ for r in rs]} for u, rs in zip(users, recs, strict=True)]
     if not args.json:
         for entry in out:
@@ -164,19 +193,48 @@ def _recommend(args: argparse.Namespace, cfg) -> Any:
 
 
 def _demo(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from mmq.demo import run_demo
+    from mmq_rec.demo import run_demo
+    from mmq_rec.pipeline import Pipeline
 
-    if args.output:
-        cfg.output_dir = args.output
-    return run_demo(cfg, log=(lambda s: None) if args.json else print)
+    pipe = Pipeline(cfg, show_progress=False, log=(lambda s: None) if args.json else print)
+    return run_demo(pipe, args.output, overwrite=args.overwrite)
 
 
 def _config(args: argparse.Namespace, cfg) -> dict[str, Any]:
-    from mmq.config import to_dict, to_yaml
+    from mmq_rec.config import to_dict, to_yaml
 
     if not args.json:
         print(to_yaml(cfg))
     return to_dict(cfg)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# Command-line flags that are shorthands for configuration keys: they are applied as overrides,
+# so the configuration validated, printed and stored with a run is the one used.
+FLAG_KEYS = {"dataset": "data.dataset", "tokenizer": "tokenize.tokenizer", "modalities": "encode.modalities",
+             "sid_table": "tokenize.external.path"}
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            node = out
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,11 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop (and count) interactions with items missing from the item table instead of failing")
     sp.add_argument("--features", nargs="*", metavar="NAME=PATH.npy",
                     help="attach per-item feature matrices as extra modalities")
+    sp.add_argument("--min-rating", type=float, metavar="R",
+                    help="rated sources: drop (and count) interactions rated below R (default: keep all)")
+    sp.add_argument("--drop-repeats", action="store_true",
+                    help="drop (and count) a user's repeat interactions with an item, keeping the first")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier output of MMQ-Rec at --output (never anything else)")
+
+    def overwrite(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of MMQ-Rec at --output (never anything else)")
 
     sp = add("encode", _encode, "Build the modality embedding matrices of a dataset (cached).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--modalities", nargs="+", help="text attributes image collaborative or a stored feature name")
     sp.add_argument("--output", help="directory for <modality>.npy (default: DATASET/embeddings)")
+    overwrite(sp)
 
     sp = add("tokenize", _tokenize, "Fit an item tokenizer and write the semantic-ID table with its quality numbers.")
     sp.add_argument("--dataset", help="prepared dataset directory")
@@ -213,15 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--modalities", nargs="+", help="modalities to tokenize (default: config encode.modalities)")
     sp.add_argument("--sid-table", help="external tokenizer: JSON table such as letter.index.json")
     sp.add_argument("--output", help="tokenizer directory to write (default: OUTPUT_DIR/tokenizer)")
+    overwrite(sp)
 
     sp = add("train", _train, "Train the seq2seq generator on a dataset's training split (accelerate).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator); rerun to resume")
+    overwrite(sp)
 
     sp = add("evaluate", _evaluate, "Evaluate a trained generator (full catalogue, per popularity bucket).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--model", required=True, help="generator directory (e.g. RUN/best)")
+    sp.add_argument("--split", choices=("test", "valid"), default="test")
+    sp.add_argument("--report", help="write REPORT.md and REPORT.json")
+
+    sp = add("baseline", _baseline, "Evaluate a reference recommender (popularity or content kNN) with the same "
+                                    "split, buckets and metrics as `evaluate`.")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--method", required=True, choices=("popularity", "knn"))
+    sp.add_argument("--modality", help="knn: the modality to compare items in (default: the first of "
+                                       "encode.modalities)")
     sp.add_argument("--split", choices=("test", "valid"), default="test")
     sp.add_argument("--report", help="write REPORT.md and REPORT.json")
 
@@ -230,26 +310,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--history", nargs="*", metavar="ITEM", help="item ids, oldest first")
     sp.add_argument("--user", help="the user's id (needed by a generator trained with hashed user tokens)")
     sp.add_argument("--users-file", help="JSON lines {\"user_id\": ..., \"history\": [item ids]}")
-    sp.add_argument("--k", type=int, default=10)
+    sp.add_argument("--k", type=_positive_int, default=10, help="recommendations per user (>= 1)")
 
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
-    sp.add_argument("--output", help="output directory (default: config output_dir)")
+    sp.add_argument("--output", help="output directory (default: config output_dir, runs/demo)")
+    overwrite(sp)
 
     add("config", _config, "Print the resolved configuration with its documentation.")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmq.config import load_config
+    from mmq_rec.config import load_config
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        cfg = load_config(args.config, rest)
+        cfg = load_config(args.config, rest, preset="demo" if args.command == "demo" else None,
+                          flags=_flag_overrides(args))
         result = args.fn(args, cfg)
     except DataError as e:
         print(f"mmq {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a full disk, ...: name the file, no traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"mmq {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmq {args.command}: interrupted (a training run resumes when rerun with the same command)",
+              file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, indent=None, default=str))
     return 0

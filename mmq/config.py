@@ -3,13 +3,21 @@ them, and `--section.key value` command-line overrides on top.
 
 Each value is defined once: stage settings are the stages' own dataclasses
 (`TextEncoderConfig`, `BucketConfig`, ...), composed here. `mmq config` prints the resolved
-configuration with every field's documentation."""
+configuration with every field's documentation.
+
+Settings mean what they say: every value is checked when the configuration is built (defaults
+included), so `mmq config` refuses what a run would refuse. Each config dataclass checks its own
+fields in `__post_init__`, raising `ValueError("<field>: <reason>")` (the stages cannot import
+this module, so the field's name travels in the message); `load_config` reports it as a DataError
+naming the full dotted key, e.g. `field 'train.lr': must be > 0 (got -1.0)`. Checks that span
+sections are in `Config.__post_init__`."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,21 +26,29 @@ from typing import Any
 
 import yaml
 
-from eval.buckets import BucketConfig
-from generator.model import GeneratorConfig
-from generator.train import TrainConfig
-from recdata.errors import DataError
-from recdata.synthetic import SyntheticConfig
-from tokenizer.baselines import ExternalConfig, RandomConfig, RQKMeansConfig, RQVAEConfig
-from tokenizer.encoders import (
+from mmq_rec.eval.buckets import BucketConfig
+from mmq_rec.generator.model import GeneratorConfig
+from mmq_rec.generator.train import TrainConfig
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.synthetic import SyntheticConfig
+from mmq_rec.tokenizer.api import TOKENIZERS
+from mmq_rec.tokenizer.baselines import ExternalConfig, RandomConfig, RQKMeansConfig, RQVAEConfig
+from mmq_rec.tokenizer.encoders import (
     AttributeEncoderConfig,
     CollaborativeConfig,
     ImageEncoderConfig,
     TextEncoderConfig,
 )
-from tokenizer.mmq import MMQConfig
+from mmq_rec.tokenizer.mmq import MMQConfig
 
 MODALITIES = ("text", "attributes", "image", "collaborative")
+
+
+def _at_least(cfg: Any, low: int, *names: str) -> None:
+    """Each named field must be >= low (`not >=` also refuses NaN)."""
+    for name in names:
+        if not getattr(cfg, name) >= low:
+            raise ValueError(f"{name}: must be >= {low} (got {getattr(cfg, name)!r})")
 
 
 @dataclass
@@ -42,18 +58,29 @@ class DataConfig:
     max_history: int = 20
     """Items of history before each target (TIGER/P5 protocol: 20)."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_history")
+
 
 @dataclass
 class EncodeConfig:
     modalities: list[str] = field(default_factory=lambda: ["text", "attributes"])
     """Modalities to build: text, attributes, image, collaborative, or the name of a
     precomputed feature matrix stored with the dataset (e.g. `image` for TikTok)."""
-    cache_dir: str = "~/.cache/mmq-rec/embeddings"
-    """Where modality matrices are cached, keyed by content + encoder hash ('' disables)."""
+    cache_dir: str | None = "~/.cache/mmq-rec/embeddings"
+    """Where modality matrices are cached, keyed by content + encoder hash + encoder version
+    (null or '' disables caching)."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     attributes: AttributeEncoderConfig = field(default_factory=AttributeEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
+
+    def __post_init__(self) -> None:
+        # stored feature names are only known with the dataset, so any non-empty name is accepted here
+        if not self.modalities or not all(self.modalities):
+            raise ValueError(f"modalities: must list at least one non-empty name (got {self.modalities!r})")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities: names must not repeat (got {self.modalities!r})")
 
 
 @dataclass
@@ -67,6 +94,10 @@ class TokenizeConfig:
     random: RandomConfig = field(default_factory=RandomConfig)
     external: ExternalConfig = field(default_factory=ExternalConfig)
 
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer: must be one of {', '.join(TOKENIZERS)} (got {self.tokenizer!r})")
+
 
 @dataclass
 class DecodeConfig:
@@ -77,6 +108,10 @@ class DecodeConfig:
     valid_users: int = 2000
     """Validation users decoded at each evaluation during training (a fixed random sample; 0 = all)."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "beam_width", "batch_size")
+        _at_least(self, 0, "valid_users")
+
 
 @dataclass
 class EvalConfig:
@@ -86,22 +121,13 @@ class EvalConfig:
     cold_start_fraction: float = 0.0
     """If > 0, hold this share of items out of training entirely (cold-start split)."""
 
-
-@dataclass
-class DemoConfig:
-    """Sizes for `mmq demo` (small, so the whole pipeline runs in a few minutes on 2 CPU cores)."""
-
-    codebook_size: int = 32
-    """MMQ codebook size on the synthetic catalogue."""
-    tokenizer_epochs: int = 60
-    input_mode: str = "item"
-    """Generator input mode for the demo (item: one position per history item, fast on CPU)."""
-    d_model: int = 64
-    layers: int = 2
-    """Encoder and decoder layers of the demo generator."""
-    train_steps: int = 1500
-    eval_every: int = 500
-    batch_size: int = 128
+    def __post_init__(self) -> None:
+        if not self.ks or not all(k >= 1 for k in self.ks):
+            raise ValueError(f"ks: must list cut-offs >= 1 (got {self.ks!r})")
+        if len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks: cut-offs must not repeat (got {self.ks!r})")
+        if not 0.0 <= self.cold_start_fraction < 1.0:
+            raise ValueError(f"cold_start_fraction: must be in [0, 1) (got {self.cold_start_fraction!r})")
 
 
 @dataclass
@@ -118,7 +144,37 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def __post_init__(self) -> None:
+        """Checks that span sections (each section has checked its own fields already)."""
+        if not 0 <= self.seed < 2**32:  # numpy's seeding range
+            raise ValueError(f"seed: must be in [0, 2**32) (got {self.seed!r})")
+        if not self.output_dir:
+            raise ValueError("output_dir: must not be empty")
+        ks = self.eval.ks
+        # the validator reports recall@K / ndcg@K for K in eval.ks only
+        k = int(self.train.metric.partition("@")[2])
+        if k not in ks:
+            raise ValueError(f"train.metric: its K must be one of eval.ks {ks} (got {self.train.metric!r})")
+        # top-max(ks) needs that many beams (the search would silently widen a narrower beam)
+        if self.decode.beam_width < max(ks):
+            raise ValueError(f"decode.beam_width: must be >= max(eval.ks) = {max(ks)} "
+                             f"(got {self.decode.beam_width!r})")
+
+
+# Settings that always follow another one: the stages read their own config (the tokenizer's and
+# trainer's seed, the synthetic catalogue's seed, the generator's history length), and one value
+# at the top decides them all. load_config copies the source into them, so `mmq config` shows the
+# value a run uses, and refuses an explicit different value instead of silently replacing it.
+DERIVED = {
+    "train.seed": "seed",
+    "synthetic.seed": "seed",
+    "tokenize.mmq.seed": "seed",
+    "tokenize.rqvae.seed": "seed",
+    "tokenize.rqkmeans.seed": "seed",
+    "tokenize.random.seed": "seed",
+    "generator.max_history": "data.max_history",
+}
 
 
 # --------------------------------------------------------------------------- overrides
@@ -126,26 +182,39 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _type_name(tp: Any) -> str:
+    return "a list" if typing.get_origin(tp) in (list, tuple) else getattr(tp, "__name__", str(tp))
+
+
+def _means_none(value: Any) -> bool:
+    """None, and the spellings of "no value" on a command line or in YAML ('', null, ~, none)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~"))
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        for a in args:
-            if a is not type(None):
-                return _coerce(value, a, key)
+    if origin in (typing.Union, types.UnionType):  # only `X | None` occurs in the configs
+        if _means_none(value) and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if value is None:  # never str(None) == "None": a setting without a None value must be given one
+        hint = " (write [] for an empty list)" if origin in (list, tuple) else ""
+        raise DataError(f"expected {_type_name(tp)}, got null{hint}", field=key)
     if origin in (list, tuple):
-        if isinstance(value, str):
+        if isinstance(value, str):  # "5,10" (and '' for an empty list)
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple)):  # one value for a list setting: a one-element list
             value = [value]
         return [_coerce(v, args[0] if args else str, key) for v in value]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise DataError(f"expected a mapping of {tp.__name__} fields, got {value!r}", field=key)
         return _update(tp(), value, key)
+    # a list or mapping is never silently turned into its string form, nor a boolean into 0/1
+    if isinstance(value, (list, tuple, dict)) or (isinstance(value, bool) and tp is not bool):
+        raise DataError(f"expected {_type_name(tp)}, got {value!r}", field=key)
     try:
         if tp is bool:
             if isinstance(value, str):
@@ -154,15 +223,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 if value.lower() in ("false", "no", "0", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return tp(value)
     except (TypeError, ValueError):
-        raise DataError(f"expected {getattr(tp, '__name__', tp)}, got {value!r}", field=key) from None
+        raise DataError(f"expected {_type_name(tp)}, got {value!r}", field=key) from None
 
 
 def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """Set `values` (a nested dict) on the dataclass `obj`, converting each to its field's type.
+    Values are checked by `validate` once every layer (preset, file, overrides) is applied, since
+    a check may involve a field that a later layer sets."""
     hints = _hints(type(obj))
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else k
@@ -174,48 +248,125 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
             _update(current, v, key)
         else:
             setattr(obj, k, _coerce(v, hints[k], key))
-    if hasattr(obj, "__post_init__"):
-        try:
-            obj.__post_init__()
-        except ValueError as e:
-            raise DataError(str(e), field=prefix or None) from None
     return obj
 
 
-def _parse_scalar(text: str) -> Any:
+_FIELD_REASON = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): (.+)", re.DOTALL)
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Run every dataclass's `__post_init__` checks, innermost first (so cross-field checks see
+    valid parts); a failure becomes a DataError naming the full dotted key."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}.{f.name}" if prefix else f.name)
+    check = getattr(obj, "__post_init__", None)
+    if check is None:
+        return
     try:
-        return yaml.safe_load(text)
+        check()
+    except DataError:
+        raise
+    except ValueError as e:
+        # the convention is "<field>: <reason>", the field (possibly dotted) one of obj's
+        m = _FIELD_REASON.fullmatch(str(e))
+        if m and m.group(1).split(".")[0] in {f.name for f in dataclasses.fields(obj)}:
+            raise DataError(m.group(2), field=f"{prefix}.{m.group(1)}" if prefix else m.group(1)) from None
+        raise DataError(str(e), field=prefix or None) from None
+
+
+def _get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj: Any, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    setattr(_get(obj, ".".join(parents)) if parents else obj, last, value)
+
+
+def _apply_derived(cfg: Config, explicit: set[str]) -> None:
+    for target, source in DERIVED.items():
+        value, given = _get(cfg, source), _get(cfg, target)
+        if target in explicit and given != value:
+            raise DataError(f"is always set from '{source}' ({value!r}); set '{source}' instead (got {given!r})",
+                            field=target)
+        _set(cfg, target, value)
+
+
+def _leaf_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted keys of the settings a nested dict gives."""
+    out: set[str] = set()
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out |= _leaf_keys(v, key) if isinstance(v, dict) and v else {key}
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML ("5" -> 5, "[5, 10]" -> [5, 10], "null" -> None). '' stays
+    '' (the setting's type decides: None when optional, [] for a list), and only true/false are
+    booleans (YAML 1.1 would also turn yes/no/on/off into them, e.g. a field named `no`)."""
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text
+    return value
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """`--a.b value` / `--a.b=value` pairs -> nested dict. Values are read as YAML scalars/lists."""
+    """`--a.b value`, `--a.b=value` and `--a.b v1 v2 ...` -> nested dict. Several values (all the
+    arguments up to the next `--key`) form a list; each value is read by `_parse_scalar`."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) == 2:
             raise DataError(f"unexpected argument {arg!r} (configuration overrides look like --section.key value)")
+        j = i + 1
+        while j < len(args) and not args[j].startswith("--"):
+            j += 1
         if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
+            key, first = arg[2:].split("=", 1)
+            texts = [first, *args[i + 1:j]]
         else:
-            if i + 1 >= len(args):
+            key, texts = arg[2:], args[i + 1:j]
+            if not texts:
                 raise DataError(f"override {arg} needs a value")
-            key, value = arg[2:], args[i + 1]
-            i += 2
+        i = j
         node = out
         parts = key.replace("-", "_").split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = _parse_scalar(value)
+            if not isinstance(node, dict):
+                raise DataError(f"override --{key} conflicts with an earlier value for --{p}")
+        values = [_parse_scalar(t) for t in texts]
+        node[parts[-1]] = values[0] if len(values) == 1 else values
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                preset: str | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """Defaults <- preset (a name in mmq_rec.presets) <- YAML file <- overrides (`--a.b v` strings
+    or a nested dict) <- flags (a nested dict: the values of command-line shorthands such as
+    `--dataset`), then checked as a whole, defaults included: a configuration that loads is one
+    the commands accept."""
     cfg = Config()
+    explicit: set[str] = set()  # dotted keys given by the preset, the file or the overrides
+    from_file: set[str] = set()
+    if preset:
+        from mmq_rec.presets import PRESETS
+
+        if preset not in PRESETS:
+            raise DataError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})", field="preset")
+        _update(cfg, PRESETS[preset])
+        explicit |= _leaf_keys(PRESETS[preset])
     if path:
         path = Path(path)
         try:
@@ -232,8 +383,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             _update(cfg, data)
         except DataError as e:
             raise DataError(e.reason, path=path, field=e.field) from None
-    if overrides:
-        _update(cfg, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+        from_file = _leaf_keys(data)
+        explicit |= from_file
+    from_overrides: set[str] = set()
+    for values in (parse_overrides(overrides) if isinstance(overrides, list) else overrides, flags):
+        if values:
+            _update(cfg, values)
+            from_overrides |= _leaf_keys(values)
+    explicit |= from_overrides
+    try:
+        _apply_derived(cfg, explicit)
+        validate(cfg)
+    except DataError as e:
+        if path and e.field in from_file and e.field not in from_overrides:  # the file gave the bad value
+            raise DataError(e.reason, path=path, field=e.field) from None
+        raise
     return cfg
 
 
@@ -257,19 +421,26 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def to_yaml(cfg: Any, indent: int = 0) -> str:
-    """YAML of the configuration with each field's documentation as a comment."""
+def to_yaml(cfg: Any, indent: int = 0, prefix: str = "") -> str:
+    """YAML of the configuration with each field's documentation as a comment. Settings copied
+    from another one (DERIVED) are shown commented out, so the output loads back after any edit."""
     docs = field_docs(type(cfg))
     lines = []
     pad = "  " * indent
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in docs:
             lines.append(f"{pad}# {docs[f.name]}")
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
-            lines.append(to_yaml(value, indent + 1))
+            lines.append(to_yaml(value, indent + 1, key))
         else:
-            dumped = yaml.safe_dump({f.name: value}, default_flow_style=None, width=10_000).strip()
+            # lists in flow style ([5, 10]); block style for the rest, since flow style would print
+            # a scalar as a one-key mapping ({seed: 0}) that does not load back as this file
+            flow = None if isinstance(value, (list, tuple)) else False
+            dumped = yaml.safe_dump({f.name: value}, default_flow_style=flow, width=10_000).strip()
+            if key in DERIVED:
+                dumped = f"# {dumped}  (always set from {DERIVED[key]})"
             lines.append(pad + dumped)
     return "\n".join(lines)

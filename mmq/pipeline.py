@@ -1,26 +1,43 @@
-"""Wiring: config -> data -> split -> modality embeddings -> ... Stages get arrays, never configs files."""
+"""The one wiring of the stages: config -> data -> split -> modalities -> tokenizer -> generator ->
+evaluation. The `mmq` command line, `mmq demo` and a notebook all call this object; the stages
+themselves take arrays and datasets, never configuration files.
+
+    from mmq_rec.pipeline import Pipeline
+    pipe = Pipeline.from_config(overrides={"train": {"max_minutes": 10}})
+    ds = pipe.dataset("data/beauty")
+    tok = pipe.tokenize(ds, "runs/beauty/tok")
+    run = pipe.train(ds, "runs/beauty/tok", "runs/beauty/gen")
+    report = pipe.evaluate(ds, run["best_model"])
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from eval.buckets import popularity_buckets
-from eval.metrics import evaluate_rankings
-from eval.split import Split, SplitPart, cold_start_split, leave_one_out
-from generator.model import SIDCodec
-from generator.recommend import Recommender
-from generator.train import train_generator
-from mmq.config import MODALITIES, Config
-from recdata.errors import DataError
-from recdata.schema import RecDataset
-from tokenizer.api import TOKENIZERS, Tokenization, tokenize
-from tokenizer.baselines import ExternalTokenizer
-from tokenizer.encoders import (
+from mmq_rec.config import MODALITIES, Config, load_config, to_dict
+from mmq_rec.eval.baselines import knn_rankings, popularity_rankings
+from mmq_rec.eval.buckets import PopularityBuckets, popularity_buckets
+from mmq_rec.eval.metrics import evaluate_rankings
+from mmq_rec.eval.split import Split, SplitPart, cold_start_split, leave_one_out
+from mmq_rec.generator.model import SIDCodec
+from mmq_rec.generator.recommend import Recommendation, Recommender
+from mmq_rec.generator.train import read_checkpoint_state, train_generator
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json
+from mmq_rec.recdata.schema import RecDataset
+from mmq_rec.tokenizer.api import TOKENIZERS, Tokenization, tokenize
+from mmq_rec.tokenizer.baselines import ExternalTokenizer
+from mmq_rec.tokenizer.encoders import (
     EmbeddingCache,
     encode_attributes,
     encode_collaborative,
@@ -28,6 +45,15 @@ from tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
+
+BASELINES = ("popularity", "knn")
+# Cheap modalities are built first, so a modality that cannot be built fails before minutes of
+# text or image encoding are spent.
+_COST = {"attributes": 0, "collaborative": 0, "text": 1, "image": 1}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def make_split(ds: RecDataset, cfg: Config) -> Split:
@@ -41,14 +67,27 @@ def make_split(ds: RecDataset, cfg: Config) -> Split:
 
 
 def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, dataset_dir: str | Path | None = None,
-                     show_progress: bool = True) -> dict[str, np.ndarray]:
-    """One float32 (num_items, d) matrix per configured modality.
+                     show_progress: bool = True, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """One float32 (num_items, d) matrix per modality (`names`, default `cfg.encode.modalities`).
 
     A modality named like a feature matrix stored with the dataset uses that matrix; otherwise
     `text`, `attributes`, `image` and `collaborative` run their encoders (cached on disk)."""
+    names = list(names or cfg.encode.modalities)
+    for name in names:
+        if name not in ds.features and name not in MODALITIES:
+            raise DataError(f"unknown modality {name!r}: use one of {MODALITIES} or a stored feature "
+                            f"({sorted(ds.features)})", field="encode.modalities")
+    if "text" in names and "text" not in ds.features:
+        present = [f for f in cfg.encode.text.fields if f in ds.items.column_names]
+        if not present:
+            raise DataError(f"the item table has none of the text fields {cfg.encode.text.fields} "
+                            f"(columns: {ds.items.column_names})", field="encode.text.fields")
+    if "image" in names and "image" not in ds.features and cfg.encode.image.field not in ds.items.column_names:
+        raise DataError(f"the item table has no {cfg.encode.image.field!r} column and no precomputed 'image' "
+                        "features", field="encode.image.field")
     cache = EmbeddingCache(cfg.encode.cache_dir or None)
     out: dict[str, np.ndarray] = {}
-    for name in cfg.encode.modalities:
+    for name in sorted(names, key=lambda n: 0 if n in ds.features else _COST[n]):
         if name in ds.features:
             out[name] = ds.features[name]
         elif name == "text":
@@ -58,46 +97,32 @@ def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, da
                                 field="encode.text.fields")
             out[name] = encode_texts(texts, cfg.encode.text, cache, show_progress)
         elif name == "attributes":
-            out[name] = encode_attributes(ds.items, cfg.encode.attributes, cache)
+            try:
+                out[name] = encode_attributes(ds.items, cfg.encode.attributes, cache)
+            except ValueError as e:
+                raise DataError(f"{e}; choose other modalities (e.g. --modalities text)",
+                                field="encode.modalities") from None
         elif name == "image":
-            col = cfg.encode.image.field
-            if col not in ds.items.column_names:
-                raise DataError(f"the item table has no {col!r} column and no precomputed 'image' features",
-                                field="encode.image.field")
-            out[name] = encode_images(ds.items[col], cfg.encode.image, base_dir=dataset_dir, cache=cache,
-                                      show_progress=show_progress).embeddings
-        elif name == "collaborative":
+            out[name] = encode_images(ds.items[cfg.encode.image.field], cfg.encode.image, base_dir=dataset_dir,
+                                      cache=cache, show_progress=show_progress).embeddings
+        else:  # collaborative
             split = split or make_split(ds, cfg)
             out[name] = encode_collaborative(split.train_sequences, ds.num_items, cfg.encode.collaborative, cache)
-        else:
-            raise DataError(f"unknown modality {name!r}: use one of {MODALITIES} or a stored feature "
-                            f"({sorted(ds.features)})", field="encode.modalities")
-    return out
+    return {name: out[name] for name in names}
 
 
 def make_tokenizer(cfg: Config, item_ids: list[str] | None = None):
-    """The configured item tokenizer, seeded from the top-level seed."""
+    """The configured item tokenizer (its seed is resolved from the top-level seed by the config)."""
     name = cfg.tokenize.tokenizer
     if name not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {name!r}; choose from {sorted(TOKENIZERS)}", field="tokenize.tokenizer")
     sub = getattr(cfg.tokenize, name)
-    if hasattr(sub, "seed"):
-        sub.seed = cfg.seed
     if name == "external":
         if not sub.path:
             raise DataError("the external tokenizer needs a SID table (--tokenize.external.path FILE)",
                             field="tokenize.external.path")
         return ExternalTokenizer(sub, item_ids)
     return TOKENIZERS[name](sub)
-
-
-def run_tokenize(ds: RecDataset, cfg: Config, dataset_dir: str | Path | None = None,
-                 show_progress: bool = True) -> Tokenization:
-    """Build the modalities (none for an external table), fit the tokenizer, build the SID table."""
-    tokenizer = make_tokenizer(cfg, ds.item_ids())
-    modalities = {} if cfg.tokenize.tokenizer == "external" else \
-        build_modalities(ds, cfg, dataset_dir=dataset_dir, show_progress=show_progress)
-    return tokenize(tokenizer, modalities, ds.item_ids(), show_progress=show_progress)
 
 
 def titles_of(ds: RecDataset) -> list[str] | None:
@@ -137,46 +162,215 @@ def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: in
     return validate
 
 
-def run_train(ds: RecDataset, cfg: Config, tokenizer_dir: str | Path, output_dir: str | Path,
-              show_progress: bool = True) -> dict[str, Any]:
-    """Train the generator on the training split; select on validation NDCG (a fixed sample of users)."""
-    table = Tokenization.from_pretrained(tokenizer_dir).table
-    if table.item_ids != ds.item_ids():
-        raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
-                        path=tokenizer_dir)
-    cfg.train.seed = cfg.seed
-    cfg.generator.max_history = cfg.data.max_history
-    split = make_split(ds, cfg)
-    codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
-    user_ids = ds.user_ids()
-    validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg, ds.num_items,
-                              user_ids)
-    train_users = codec.user_tokens([user_ids[u] for u in split.train.users]) if codec.uses_users else None
-    t0 = time.perf_counter()
-    state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
-                            cfg.generator, cfg.train, output_dir, validate, show_progress,
-                            extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
-                                        "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),
-                            train_users=train_users)
-    return {"output": str(output_dir), "best_model": str(Path(output_dir) / "best"), "steps": state["step"],
-            "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
-            "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "history": state["history"]}
+def is_main_process() -> bool:
+    """False on the non-zero ranks of `accelerate launch` / torchrun, so that only one process
+    writes a shared output (the environment variables are set by the launcher)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
-def run_evaluate(ds: RecDataset, cfg: Config, model_dir: str | Path, split_name: str = "test",
-                 show_progress: bool = True) -> dict[str, Any]:
-    """Full-catalogue evaluation of a trained generator, stratified by popularity bucket."""
-    rec = Recommender.from_pretrained(model_dir)
-    if rec.codec.table.item_ids != ds.item_ids():
-        raise DataError("the model's SID table does not match the dataset's items", path=model_dir)
-    split = make_split(ds, cfg)
-    part = getattr(split, split_name)
-    buckets = popularity_buckets(split.train_sequences, ds.num_items, cfg.eval.buckets)
-    t0 = time.perf_counter()
-    items = rank_part(rec, part, cfg, show_progress, ds.user_ids())
-    seconds = time.perf_counter() - t0
-    res = evaluate_rankings(items, part.targets, ds.num_items, cfg.eval.ks, buckets.of_targets(part.targets))
-    return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),
-            "users_per_second": round(len(part) / seconds, 1), "beam_width": cfg.decode.beam_width,
-            "device": str(rec.model.device), "metrics": res, "buckets": buckets.sizes()}
+class Pipeline:
+    """Config -> data -> split -> modalities -> tokenizer -> generator -> evaluation, one object.
+
+    `log` receives one-line progress messages (default: stderr, so stdout stays for results);
+    `show_progress` switches the tqdm bars."""
+
+    def __init__(self, cfg: Config | None = None, *, show_progress: bool = True,
+                 log: Callable[[str], None] | None = None):
+        self.cfg = cfg or load_config()
+        self.show_progress = show_progress
+        self.log = log or _stderr
+        self._splits: dict[int, Split] = {}
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                    preset: str | None = None, **kwargs: Any) -> Pipeline:
+        """Defaults <- preset (e.g. "demo") <- YAML file <- overrides (see `mmq_rec.config.load_config`)."""
+        return cls(load_config(path, overrides, preset=preset), **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, path: str | Path | None = None) -> RecDataset:
+        path = path or self.cfg.data.dataset
+        if not path:
+            raise DataError("no dataset given (--dataset DIR)", field="data.dataset")
+        ds = RecDataset.load(path)
+        ds.meta.setdefault("path", str(path))
+        return ds
+
+    def split(self, ds: RecDataset) -> Split:
+        """The configured split of `ds`, computed once per dataset object."""
+        if id(ds) not in self._splits:
+            self._splits[id(ds)] = make_split(ds, self.cfg)
+        return self._splits[id(ds)]
+
+    def buckets(self, ds: RecDataset) -> PopularityBuckets:
+        return popularity_buckets(self.split(ds).train_sequences, ds.num_items, self.cfg.eval.buckets)
+
+    def modalities(self, ds: RecDataset, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        needs_split = "collaborative" in (names or self.cfg.encode.modalities)
+        return build_modalities(ds, self.cfg, self.split(ds) if needs_split else None, ds.meta.get("path"),
+                                self.show_progress, names)
+
+    # ------------------------------------------------------------------ stage 1: item tokenizer
+    def tokenize(self, ds: RecDataset, output: str | Path | None = None, overwrite: bool = False) -> Tokenization:
+        """Build the modalities (none for an external table), fit the tokenizer, build the SID
+        table and, when `output` is given, save it there (checked before any work is done)."""
+        if output is not None:
+            check_output(output, "tokenizer", overwrite=overwrite, inputs=(ds.meta.get("path"),))
+        tokenizer = make_tokenizer(self.cfg, ds.item_ids())
+        mods = {} if self.cfg.tokenize.tokenizer == "external" else self.modalities(ds)
+        result = tokenize(tokenizer, mods, ds.item_ids(), show_progress=self.show_progress)
+        if output is not None and is_main_process():
+            result.save_pretrained(output, overwrite=overwrite)
+        return result
+
+    # ------------------------------------------------------------------ stage 2: generator
+    def train(self, ds: RecDataset, tokenizer_dir: str | Path, output: str | Path,
+              overwrite: bool = False) -> dict[str, Any]:
+        """Train the generator on the training split, selecting on validation (a fixed sample of
+        users). Rerunning with the same output directory resumes."""
+        cfg = self.cfg
+        table = self.load_tokenization(tokenizer_dir).table
+        if table.item_ids != ds.item_ids():
+            raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
+                            path=tokenizer_dir)
+        check_output(output, "generator-run", overwrite=overwrite, inputs=(ds.meta.get("path"), tokenizer_dir))
+        fingerprint = self._run_fingerprint(ds, table)
+        if not overwrite or _read_fingerprint(Path(output)) == fingerprint:
+            read_checkpoint_state(output)  # a damaged checkpoint stops the run before anything is written
+        claim_dir(output, "generator-run", overwrite=overwrite, inputs=(ds.meta.get("path"), tokenizer_dir))
+        if is_main_process():
+            _check_run_fingerprint(Path(output), fingerprint, overwrite)
+            write_json(Path(output) / "config.json", to_dict(cfg))
+        split = self.split(ds)
+        codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
+        user_ids = ds.user_ids()
+        validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg,
+                                  ds.num_items, user_ids)
+        train_users = codec.user_tokens([user_ids[u] for u in split.train.users]) if codec.uses_users else None
+        t0 = time.perf_counter()
+        state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
+                                cfg.generator, cfg.train, output, validate, self.show_progress,
+                                extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
+                                            "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),
+                                train_users=train_users)
+        return {"output": str(output), "best_model": str(Path(output) / "best"), "steps": state["step"],
+                "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
+                "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+                "plan": state.get("plan"), "history": state["history"]}
+
+    def _run_fingerprint(self, ds: RecDataset, table) -> dict[str, Any]:
+        """What a training run's results depend on: a rerun with any of it changed is another run."""
+        c = to_dict(self.cfg)
+        return {"seed": c["seed"], "data": {"max_history": c["data"]["max_history"]},
+                "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
+                "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
+                "dataset": {"items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions,
+                            "sequences": _digest(np.concatenate(ds.sequences()).tobytes())},
+                "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
+
+    # ------------------------------------------------------------------ loading artefacts
+    @staticmethod
+    def load_tokenization(path: str | Path) -> Tokenization:
+        return _load_artefact(Tokenization.from_pretrained, path, "tokenizer", "mmq tokenize")
+
+    @staticmethod
+    def recommender(model_dir: str | Path) -> Recommender:
+        return _load_artefact(Recommender.from_pretrained, model_dir, "generator", "mmq train")
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, ds: RecDataset, split_name: str, rank: Callable[[SplitPart], np.ndarray]) -> dict[str, Any]:
+        if split_name not in ("valid", "test"):
+            raise DataError(f"unknown split {split_name!r} (valid or test)", field="split")
+        split = self.split(ds)
+        part = getattr(split, split_name)
+        buckets = self.buckets(ds)
+        t0 = time.perf_counter()
+        items = rank(part)
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        res = evaluate_rankings(items, part.targets, ds.num_items, self.cfg.eval.ks, buckets.of_targets(part.targets))
+        return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),
+                "users_per_second": round(len(part) / seconds, 1), "metrics": res, "buckets": buckets.sizes()}
+
+    def evaluate(self, ds: RecDataset, model_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
+        """Full-catalogue evaluation of a trained generator, stratified by popularity bucket."""
+        rec = self.recommender(model_dir)
+        if rec.codec.table.item_ids != ds.item_ids():
+            raise DataError("the model's SID table does not match the dataset's items", path=model_dir)
+        out = self._evaluate(ds, split_name, lambda part: rank_part(rec, part, self.cfg, self.show_progress,
+                                                                     ds.user_ids()))
+        return {**out, "beam_width": self.cfg.decode.beam_width, "device": str(rec.model.device)}
+
+    def baseline(self, ds: RecDataset, method: str, split_name: str = "test",
+                 modality: str | None = None) -> dict[str, Any]:
+        """A reference recommender on the same split, buckets and metrics as `evaluate`:
+        `popularity` (training counts) or `knn` (cosine to the last items, in `modality`)."""
+        kmax = max(self.cfg.eval.ks)
+        if method == "popularity":
+            pop = self.buckets(ds).popularity
+            return {"method": method, **self._evaluate(ds, split_name,
+                                                        lambda part: popularity_rankings(pop, len(part), kmax))}
+        if method == "knn":
+            modality = modality or self.cfg.encode.modalities[0]
+            emb = self.modalities(ds, [modality])[modality]
+            return {"method": method, "modality": modality,
+                    **self._evaluate(ds, split_name, lambda part: knn_rankings(emb, part.histories, kmax))}
+        raise DataError(f"unknown baseline {method!r}; choose from {BASELINES}", field="method")
+
+    # ------------------------------------------------------------------ serving
+    def recommend(self, model_dir: str | Path, histories: Sequence[Sequence[str]], k: int = 10,
+                  users: Sequence[str | None] | None = None) -> list[list[Recommendation]]:
+        """Top-k real items for each history of item ids (oldest first)."""
+        if k < 1:
+            raise DataError(f"must be at least 1 (got {k})", field="k")
+        rec = self.recommender(model_dir)
+        return rec.recommend(histories, k=k, beam_width=max(self.cfg.decode.beam_width, k),
+                             users=users if rec.codec.uses_users else None)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _read_fingerprint(run: Path) -> dict[str, Any] | None:
+    path = run / "fingerprint.json"
+    return read_json(path) if path.exists() else None
+
+
+def _check_run_fingerprint(run: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """A run directory trained under other settings, data or SIDs is never resumed as if it were
+    this run: stop with the differences, or (`overwrite`) clear its training state first."""
+    path = run / "fingerprint.json"
+    old = _read_fingerprint(run)
+    if old is not None and old != fingerprint:
+        a, b = _flat(old), _flat(fingerprint)
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if not overwrite:
+            raise DataError(f"holds a run with other settings or data (differs in: {', '.join(diff[:8])}); "
+                            "choose another --output, or --overwrite to start it afresh", path=run)
+    if old != fingerprint:
+        for sub in ("checkpoint", "best", "logs"):
+            if (run / sub).is_dir():
+                shutil.rmtree(run / sub)
+        write_json(path, fingerprint)
+
+
+def _load_artefact(load: Callable[[Any], Any], path: str | Path, what: str, command: str) -> Any:
+    """Load a saved artefact; a missing or corrupted one is a DataError that names it and says what to do."""
+    if not Path(path).is_dir():
+        raise DataError(f"no {what} directory here (write one with `{command}`)", path=path)
+    try:
+        return load(path)
+    except DataError:
+        raise
+    except Exception as e:  # corrupted safetensors / JSON / tokenizer files raise many types
+        raise DataError(f"cannot read this {what} directory ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                        f"it is incomplete or corrupted: write it again with `{command}`", path=path) from None

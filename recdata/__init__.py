@@ -3,7 +3,7 @@ field uses, atomic file writes, and a synthetic multimodal catalogue for the dem
 
 Nothing here imports a stage package (`tokenizer`, `generator`, `ranker`, `eval`)."""
 
-from recdata.errors import DataError
-from recdata.schema import RecDataset
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.schema import RecDataset
 
 __all__ = ["DataError", "RecDataset"]

@@ -11,7 +11,9 @@ Supported layouts (plain or gzip):
 Each user's reviews are ordered by time, ties kept in file order. k-core filtering (default 5)
 repeats until every remaining user and item has at least k interactions; what it removes is
 counted in `meta["filtering"]`. Reviews of items missing from the metadata are an error unless
-`drop_unknown=True`, which drops and counts them."""
+`drop_unknown=True`, which drops and counts them. Ratings (`overall`, 2023: `rating`) are kept
+for `min_rating`; the rating filter and `drop_repeats` apply before k-core filtering, so the
+k-core holds on the data that is kept."""
 
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from recdata._build import Drops, ItemIndex, iter_lines
-from recdata.errors import DataError
-from recdata.loaders import finish, split_categories
-from recdata.schema import RecDataset
+from mmq_rec.recdata._build import Drops, ItemIndex, as_rating, curate, finish, iter_lines, new_drops
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.loaders import split_categories
+from mmq_rec.recdata.schema import RecDataset
 
 _PRICE = re.compile(r"[-+]?\d[\d,]*\.?\d*")
 
@@ -69,7 +71,14 @@ def _rank(value: Any) -> tuple[float | None, str | None]:
     return None, None
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, field: str) -> str:
+    """Text, or a list of text (2018/2023 descriptions) joined; a nested object is a mistake, not
+    something to stringify into the item's text."""
+    if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list))
+                                               for v in (value.values() if isinstance(value, dict) else value)):
+        raise DataError("expected text or a list of text, got nested JSON objects or lists", field=field)
+    if isinstance(value, dict):
+        raise DataError("expected text or a list of text, got a JSON object", field=field)
     if isinstance(value, list):
         return " ".join(str(v) for v in value if v)
     return "" if value is None else str(value)
@@ -84,21 +93,22 @@ def normalise_meta(obj: dict[str, Any]) -> dict[str, Any]:
     image = obj.get("imUrl")
     for key in ("imageURLHighRes", "imageURL", "images"):
         if image is None and obj.get(key):
-            first = obj[key][0]
-            image = first.get("hi_res") or first.get("large") if isinstance(first, dict) else first
+            first = obj[key][0] if isinstance(obj[key], list) else obj[key]
+            image = (first.get("hi_res") or first.get("large")) if isinstance(first, dict) else first
     row = {
         "asin": obj.get("parent_asin") or obj.get("asin"),
-        "title": _text(obj.get("title")),
-        "brand": _text(obj.get("brand", obj.get("store"))),
+        "title": _text(obj.get("title"), "title"),
+        "brand": _text(obj.get("brand", obj.get("store")), "brand" if "brand" in obj else "store"),
         "categories": split_categories(cats),
         "price": _price(obj.get("price")),
         "sales_rank": sales_rank,
         "sales_type": sales_type or obj.get("main_category"),
-        "description": _text(obj.get("description")),
+        "description": _text(obj.get("description"), "description"),
         "image": image,
     }
     if obj.get("features") or obj.get("feature"):
-        row["features_text"] = _text(obj.get("features") or obj.get("feature"))
+        row["features_text"] = _text(obj.get("features") or obj.get("feature"),
+                                     "features" if obj.get("features") else "feature")
     return row
 
 
@@ -147,12 +157,29 @@ def find_dump_files(path: Path) -> tuple[Path, Path]:
     return reviews[0], meta[0]
 
 
+def _curate_events(events: list[tuple[str, str, float, int]], ratings: list[float | None],
+                   min_rating: float | None, drop_repeats: bool, drops: Drops
+                   ) -> tuple[list[tuple[str, str, float, int]], dict[str, Any]]:
+    """The rating filter and repeat handling see each user's reviews in time order (ties: file
+    order); the kept events come back in file order, which fixes the order of users as before."""
+    per_user: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        per_user.setdefault(e[0], []).append(i)
+    order = [sorted(idx, key=lambda i: (events[i][2], events[i][3])) for idx in per_user.values()]
+    _, kept, report = curate([[events[i][1] for i in idx] for idx in order], {"event": order},
+                             [[ratings[i] for i in idx] for idx in order], min_rating=min_rating,
+                             drop_repeats=drop_repeats, drops=drops)
+    return [events[i] for i in sorted(i for idx in kept["event"] for i in idx)], report
+
+
 def load_amazon(path: str | Path, *, version: str = "2014", meta_path: str | Path | None = None,
-                kcore_k: int = 5, drop_unknown: bool = False, name: str | None = None) -> RecDataset:
+                kcore_k: int = 5, drop_unknown: bool = False, name: str | None = None,
+                min_rating: float | None = None, drop_repeats: bool = False) -> RecDataset:
     """Load a raw dump. `path` is the reviews file (then `meta_path` is needed) or a directory holding both.
     `version` is "2014" (also reads 2018) or "2023"."""
     if version not in ("2014", "2018", "2023"):
         raise DataError(f"unknown Amazon dump version {version!r}")
+    drops = new_drops(drop_unknown, min_rating, drop_repeats)
     path = Path(path)
     reviews_path, meta_file = (find_dump_files(path) if path.is_dir() else (path, meta_path))
     if meta_file is None:
@@ -161,7 +188,12 @@ def load_amazon(path: str | Path, *, version: str = "2014", meta_path: str | Pat
     meta_file = Path(meta_file)
     metas: dict[str, tuple[dict[str, Any], int]] = {}
     for lineno, line in iter_lines(meta_file):
-        row = normalise_meta(_parse_line(line, meta_file, lineno, literal=version != "2023"))
+        try:
+            row = normalise_meta(_parse_line(line, meta_file, lineno, literal=version != "2023"))
+        except DataError as e:
+            if e.path is not None:
+                raise
+            raise DataError(e.reason, path=meta_file, line=lineno, field=e.field) from None
         if not row["asin"]:
             raise DataError("missing required field", path=meta_file, line=lineno,
                             field="parent_asin" if version == "2023" else "asin")
@@ -171,22 +203,32 @@ def load_amazon(path: str | Path, *, version: str = "2014", meta_path: str | Pat
             raise DataError(f"duplicate item id {row['asin']!r} (first at line {metas[row['asin']][1]})",
                             path=meta_file, line=lineno, field="asin")
         metas[row["asin"]] = (row, lineno)
-    drops = Drops() if drop_unknown else None
+    rating_key = "rating" if version == "2023" else "overall"
     events: list[tuple[str, str, float, int]] = []
+    ratings: list[float | None] = []
     for lineno, line in iter_lines(reviews_path):
-        user, asin, ts = _review(_parse_line(line, reviews_path, lineno, literal=False), reviews_path,
-                                 lineno, version)
+        obj = _parse_line(line, reviews_path, lineno, literal=False)
+        user, asin, ts = _review(obj, reviews_path, lineno, version)
         if asin not in metas:
-            if drops is None:
+            if not drop_unknown:
                 raise DataError(f"review of item {asin!r} that is not in {meta_file.name} (pass "
                                 "--drop-unknown to drop and count such reviews)", path=reviews_path,
                                 line=lineno, field="asin")
             drops.add("unknown_item_interactions")
             continue
+        rating = as_rating(obj.get(rating_key), reviews_path, lineno, rating_key)
+        if rating is None and min_rating is not None:
+            raise DataError("missing rating (--min-rating needs one for every review)", path=reviews_path,
+                            line=lineno, field=rating_key)
         events.append((user, asin, ts, lineno))
+        ratings.append(rating)
+    events, report = _curate_events(events, ratings, min_rating, drop_repeats, drops)
     events, filtering = kcore(events, kcore_k)
     if not events:
-        raise DataError(f"no interactions left after {kcore_k}-core filtering", path=reviews_path)
+        asked = " and ".join(x for x, on in (("--min-rating", min_rating is not None),
+                                             ("--drop-repeats", drop_repeats)) if on)
+        raise DataError(f"no interactions left after {asked + ' and ' if asked else ''}{kcore_k}-core filtering",
+                        path=reviews_path)
     index = ItemIndex()
     for asin in sorted({e[1] for e in events}, key=lambda a: metas[a][1]):
         row, lineno = metas[asin]
@@ -201,4 +243,5 @@ def load_amazon(path: str | Path, *, version: str = "2014", meta_path: str | Pat
         seqs.append([index.lookup(a, reviews_path, None, None) for _, _, a in evs])
         stamps.append([t for t, _, _ in evs])
     return finish(name or reviews_path.name.split(".")[0], f"amazon{version}", index, users, seqs, drops,
-                  [reviews_path, meta_file], timestamps=stamps, extra_meta={"filtering": filtering})
+                  [reviews_path, meta_file], timestamps=stamps, extra_meta={"filtering": filtering},
+                  report=report)

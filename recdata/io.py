@@ -35,7 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it replaces `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -52,11 +52,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a missing file or malformed JSON is a DataError naming the file (and line)."""
-    from recdata.errors import DataError
+    from mmq_rec.recdata.errors import DataError
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
     try:
@@ -79,18 +79,119 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+MARKER = ".mmq-rec.json"
+"""Written into every directory this project creates, so a later run knows it is ours (and what)."""
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of one of our output directories, or None for anything else."""
+    try:
+        info = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("kind"), str) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings (`.NAME.<pid>.*.tmp`, `.NAME.old-<pid>`) that a killed run
+    left beside `path`; those of a process still alive are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for p in path.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        rest = p.name[len(prefix):]
+        pid = None
+        if rest.endswith(".tmp") and rest.split(".")[0].isdigit():
+            pid = int(rest.split(".")[0])
+        elif rest.startswith("old-") and rest[4:].isdigit():
+            pid = int(rest[4:])
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def check_output(path: str | Path, kind: str, *, overwrite: bool = False,
+                 inputs: tuple[str | Path | None, ...] = (), option: str = "output") -> Path:
+    """Refuse an output path that would destroy something that is not ours to replace.
+
+    Allowed: a path that does not exist, an empty directory, a directory that an earlier run
+    wrote for the same `kind` (recognised by its marker), and, with `overwrite`, any directory
+    of ours. Never allowed: a file, a non-empty directory without our marker, or a path that is
+    (or contains) one of `inputs`. Raises DataError naming the path and `option`."""
+    from mmq_rec.recdata.errors import DataError
+
+    path = Path(path)
+    where = path.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        src = Path(inp).resolve()
+        if where == src or where in src.parents:
+            raise DataError(f"the output would replace the input {inp} (choose another --{option})",
+                            path=path, field=option)
+    if not path.exists() and not path.is_symlink():
+        return path
+    if not path.is_dir() or path.is_symlink():
+        raise DataError(f"exists and is not a directory; refusing to replace it (choose another --{option})",
+                        path=path, field=option)
+    if not any(path.iterdir()):
+        return path
+    marker = read_marker(path)
+    if marker is None:
+        raise DataError(f"is a non-empty directory that MMQ-Rec did not write; refusing to touch it "
+                        f"(choose a new or empty --{option})", path=path, field=option)
+    if marker["kind"] != kind and not overwrite:
+        raise DataError(f"holds an earlier MMQ-Rec output of another kind ({marker['kind']}), not a {kind}; "
+                        f"pass --overwrite to replace it", path=path, field=option)
+    return path
+
+
+def claim_dir(path: str | Path, kind: str, **check: Any) -> Path:
+    """Check `path` as an output (see `check_output`) and mark it as ours, creating it if needed.
+    For outputs that are filled in place over time (a training run directory)."""
+    path = check_output(path, kind, **check)
+    sweep_stale(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if read_marker(path) is None or read_marker(path)["kind"] != kind:
+        write_json(path / MARKER, {"kind": kind, "written_by": "mmq-rec"})
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind: str = "artefact", *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces the directory `path`.
 
-    The old directory, if any, is moved aside first and deleted only after the new one is in
-    place, so a crash leaves either the old or the new directory (plus at most a stray
-    `.old` sibling), never a mix."""
+    `path` must pass `check_output(path, kind)` first, so only a new or empty directory, or an
+    earlier output of the same kind (`overwrite`: of any kind of ours), is ever replaced. The new
+    directory carries our marker. The old one is moved aside first and deleted only after the
+    new one is in place, so a crash leaves either the old or the new directory (plus at most a
+    stray sibling, removed by the next run), never a mix."""
     path = Path(path)
+    check_output(path, kind, overwrite=overwrite)
+    sweep_stale(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        write_json(tmp / MARKER, {"kind": kind, "written_by": "mmq-rec"})
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():

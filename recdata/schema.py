@@ -16,6 +16,9 @@ A dataset directory holds `items.parquet`, `interactions.parquet`, `features/` a
 from __future__ import annotations
 
 import json
+import numbers
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recdata.errors import DataError
-from recdata.io import atomic_dir
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import atomic_dir
 
 FORMAT_VERSION = 1
+
+# Feature names become file names (features/<name>.npy): no path separators, no hidden files.
+_FEATURE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+# Item columns the encoders read: a nested object there is always a mistake in the source.
+_READ_FIELDS = ("title", "description", "brand", "categories", "sales_type", "image", "price", "sales_rank")
+_REPREPARE = "the dataset directory is damaged: re-run `mmq prepare` to rebuild it"
 
 
 @dataclass
@@ -53,10 +62,12 @@ class RecDataset:
         splits: Sequence[Sequence[str]] | None = None,
         features: dict[str, np.ndarray] | None = None,
         meta: dict[str, Any] | None = None,
+        item_where: Sequence[tuple[str, int | None]] | None = None,
     ) -> RecDataset:
         """Build from per-user item-index sequences (already in chronological order).
 
-        Users with an empty sequence are an error: the loader decides and counts what to drop."""
+        Users with an empty sequence are an error: the loader decides and counts what to drop.
+        `item_where` gives each item's (file, line), so a bad item value can be pointed at."""
         if len(user_ids) != len(sequences):
             raise DataError(f"{len(user_ids)} user ids but {len(sequences)} sequences")
         if not items:
@@ -82,7 +93,7 @@ class RecDataset:
         if splits is not None:
             cols["split"] = [s for ss in splits for s in ss]
         interactions = datasets.Dataset(pa.table(cols))
-        return cls(name=name, items=items_table(items), interactions=interactions,
+        return cls(name=name, items=items_table(items, item_where), interactions=interactions,
                    features=dict(features or {}), meta=dict(meta or {}))
 
     # ------------------------------------------------------------------ views
@@ -129,16 +140,19 @@ class RecDataset:
             "item_columns": list(self.items.column_names),
             "features": {k: list(v.shape) for k, v in self.features.items()},
         }
-        for key in ("format", "dropped", "filtering"):
+        for key in ("format", "dropped", "filtering", "ratings", "repeats", "tied_target_users"):
             if key in self.meta:
                 out[key] = self.meta[key]
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write the dataset directory atomically (replacing an existing one)."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the dataset directory atomically (replacing only an earlier dataset of ours, or,
+        with `overwrite`, any output of ours; see `recdata.io.check_output`)."""
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        for fname in self.features:  # before anything is written: names become file names
+            check_feature_name(fname)
+        with atomic_dir(path, "dataset", overwrite=overwrite) as tmp:
             pq.write_table(self.items.data.table, tmp / "items.parquet")
             pq.write_table(self.interactions.data.table, tmp / "interactions.parquet")
             if self.features:
@@ -155,35 +169,162 @@ class RecDataset:
 
     @classmethod
     def load(cls, path: str | Path) -> RecDataset:
+        """Read a dataset directory; anything missing or unreadable is a DataError naming the file."""
         path = Path(path)
         info_path = path / "dataset.json"
         if not info_path.is_file():
+            if (path / "items.parquet").exists() or (path / "interactions.parquet").exists():
+                raise _damaged(info_path, "file not found")
             raise DataError("not a dataset directory (no dataset.json); create one with `mmq prepare`",
                             path=path)
         try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
+            info = json.loads(info_path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", path=info_path, line=e.lineno) from None
+            raise _damaged(info_path, f"invalid JSON ({e.msg})", line=e.lineno) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise _damaged(info_path, f"cannot read ({e})") from None
+        if not isinstance(info, dict):
+            raise _damaged(info_path, "expected a JSON object")
         if info.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"unsupported format_version {info.get('format_version')!r}",
-                            path=info_path, field="format_version")
-        items = datasets.Dataset(pq.read_table(path / "items.parquet"))
-        interactions = datasets.Dataset(pq.read_table(path / "interactions.parquet"))
+            raise DataError(f"unsupported format_version {info.get('format_version')!r} (this version reads "
+                            f"{FORMAT_VERSION}; re-run `mmq prepare`)", path=info_path, field="format_version")
+        feature_names = info.get("features", [])
+        if not isinstance(info.get("name"), str):
+            raise _damaged(info_path, "missing or not a string", field="name")
+        if not isinstance(feature_names, list) or not all(isinstance(f, str) for f in feature_names):
+            raise _damaged(info_path, "expected a list of names", field="features")
+        for fname in feature_names:  # they become file names: never read outside features/
+            check_feature_name(fname, path=info_path)
+        counts = info.get("counts") if isinstance(info.get("counts"), dict) else {}
+        items = _read_table(path / "items.parquet", ("item_id",), counts.get("items"))
+        interactions = _read_table(path / "interactions.parquet", ("user_id", "user", "item", "position"),
+                                   counts.get("interactions"))
+        _check_interactions(path / "interactions.parquet", interactions, items.num_rows)
         features = {}
-        for fname in info.get("features", []):
-            features[fname] = load_feature_matrix(path / "features" / f"{fname}.npy", items.num_rows)
+        for fname in feature_names:
+            try:
+                features[fname] = load_feature_matrix(path / "features" / f"{fname}.npy", items.num_rows)
+            except DataError as e:
+                raise _damaged(path / "features" / f"{fname}.npy", e.reason) from None
         meta = {k: v for k, v in info.items() if k not in ("format_version", "name", "counts", "features")}
-        return cls(name=info["name"], items=items, interactions=interactions, features=features, meta=meta)
+        return cls(name=info["name"], items=datasets.Dataset(items),
+                   interactions=datasets.Dataset(interactions), features=features, meta=meta)
 
 
-def items_table(items: Sequence[dict[str, Any]]) -> datasets.Dataset:
-    """Columns are the union of the rows' keys (missing values become null); `item_id` first, as str."""
+def _damaged(path: Path, reason: str, line: int | None = None, field: str | None = None) -> DataError:
+    return DataError(f"{reason}; {_REPREPARE}", path=path, line=line, field=field)
+
+
+def _read_table(path: Path, required: tuple[str, ...], rows: Any) -> pa.Table:
+    if not path.is_file():
+        raise _damaged(path, "file not found")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _damaged(path, f"not a readable parquet file ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise _damaged(path, f"missing column(s) {missing}")
+    if isinstance(rows, int) and table.num_rows != rows:
+        raise _damaged(path, f"has {table.num_rows} rows but dataset.json says {rows}")
+    return table
+
+
+def _check_interactions(path: Path, table: pa.Table, num_items: int) -> None:
+    """What every stage relies on: users grouped and numbered 0.. in order, items inside the catalogue."""
+    for col in ("user", "item", "position"):
+        if table.column(col).null_count or not pa.types.is_integer(table.column(col).type):
+            raise _damaged(path, "expected integers without nulls", field=col)
+    users = table.column("user").to_numpy()
+    items = table.column("item").to_numpy()
+    if len(users) and (users[0] != 0 or not np.isin(np.diff(users), (0, 1)).all()):
+        raise _damaged(path, "users are not grouped and numbered 0, 1, ...", field="user")
+    if len(items) and (items.min() < 0 or items.max() >= num_items):
+        raise _damaged(path, f"an item index lies outside the {num_items} items of items.parquet", field="item")
+
+
+def check_feature_name(name: str, path: str | Path | None = None) -> str:
+    """A feature name becomes `features/<name>.npy`, so only letters, digits, '_', '-' and '.' are
+    allowed, not starting with '.' (no path separators, no `..`, no hidden files)."""
+    if not isinstance(name, str) or not _FEATURE_NAME.fullmatch(name):
+        raise DataError(f"invalid feature name {name!r}: use only letters, digits, '_', '-' and '.', "
+                        "not starting with '.'", path=path, field="features")
+    return name
+
+
+def items_table(items: Sequence[dict[str, Any]],
+                where: Sequence[tuple[str, int | None]] | None = None) -> datasets.Dataset:
+    """Columns are the union of the rows' keys (missing values become null); `item_id` first, as str.
+
+    A value Arrow cannot store beside the column's other values (text in a numeric column, a
+    nested object as a title) is a DataError naming the item's file, line and field."""
     keys: dict[str, None] = {"item_id": None}
     for row in items:
         keys.update(dict.fromkeys(row))
     cols = {k: [row.get(k) for row in items] for k in keys}
     cols["item_id"] = [str(v) for v in cols["item_id"]]
-    return datasets.Dataset(pa.table(cols))
+    try:
+        table, failure = pa.table(cols), None
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+        table, failure = None, e
+    # Arrow is fast and usually right, so the row-by-row search runs only for a column that
+    # failed or came out nested (Arrow happily turns {"en": ...} titles into a struct column).
+    for name, values in cols.items():
+        if table is None or (name in _READ_FIELDS and not _plain(table.schema.field(name).type)):
+            _find_bad_value(name, values, cols["item_id"], where)
+    if table is None:
+        raise DataError(f"cannot build the item table ({failure})")
+    return datasets.Dataset(table)
+
+
+def _plain(t: pa.DataType) -> bool:
+    def scalar(x: pa.DataType) -> bool:
+        return (pa.types.is_string(x) or pa.types.is_large_string(x) or pa.types.is_integer(x)
+                or pa.types.is_floating(x) or pa.types.is_boolean(x) or pa.types.is_null(x))
+    return scalar(t) or (pa.types.is_list(t) and scalar(t.value_type))
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words. "nested: ..." is storable but never right in a column the
+    encoders read; "bad: ..." cannot be stored at all."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, numbers.Real):
+        return "a number" if not isinstance(value, int) or -2**63 <= value < 2**63 else "bad: a too large integer"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "nested: a JSON object"
+    if isinstance(value, (list, tuple)):
+        inner = {_kind(v) for v in value if v is not None}
+        bad = sorted(k for k in inner if k.startswith("bad"))
+        if bad:
+            return "bad: a list holding " + bad[0].removeprefix("bad: ")
+        if len(inner) > 1:
+            return "bad: a list mixing " + " and ".join(sorted(inner))
+        if inner and not inner <= {"text", "a number", "a boolean"}:
+            return "nested: a list holding lists or objects"
+        return "a list of " + {"text": "text", "a number": "numbers", "a boolean": "booleans"}[inner.pop()] \
+            if inner else "an empty list"
+    return type(value).__name__
+
+
+def _find_bad_value(name: str, values: list, ids: list[str], where: Sequence | None) -> None:
+    """Raise for the first value that cannot be stored, is nested in a column the encoders read,
+    or differs in kind from most of the column's values (the majority is what the source meant)."""
+    kinds = [None if v is None else _kind(v) for v in values]
+    common = Counter(k for k in kinds if k is not None and k != "an empty list").most_common(1)
+    expected = common[0][0] if common else None
+    for i, k in enumerate(kinds):
+        if k is None:
+            continue
+        fits = k == expected or (k == "an empty list" and (expected or "a list").startswith("a list"))
+        if fits and not k.startswith("bad") and not (k.startswith("nested") and name in _READ_FIELDS):
+            continue
+        path, line = where[i] if where is not None else (None, None)
+        got = k.split(": ", 1)[1] if k.startswith(("bad", "nested")) else k
+        want = f"; most items have {expected}" if expected and ":" not in expected and not fits else ""
+        raise DataError(f"item {ids[i]!r}: unexpected value: {got}{want}", path=path, line=line, field=name)
 
 
 def load_feature_matrix(path: str | Path, num_items: int | None = None) -> np.ndarray:
@@ -193,8 +334,11 @@ def load_feature_matrix(path: str | Path, num_items: int | None = None) -> np.nd
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError("feature file not found", path=path) from None
-    except ValueError as e:
+    except (ValueError, EOFError, OSError) as e:  # pickled, truncated, a directory, unreadable
         raise DataError(f"not a plain .npy array ({e})", path=path) from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"expected a numeric .npy matrix, got {getattr(arr, 'dtype', type(arr).__name__)}",
+                        path=path)
     if arr.ndim != 2:
         raise DataError(f"expected an items x d matrix, got shape {arr.shape}", path=path)
     if num_items is not None and arr.shape[0] != num_items:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recdata.schema import RecDataset
+from mmq_rec.recdata.schema import RecDataset
 
 _NOUNS = ["lipstick", "serum", "shampoo", "mascara", "cleanser", "perfume", "nail polish", "sunscreen",
           "toner", "conditioner", "eyeliner", "face mask", "body lotion", "hair oil", "foundation", "blush",
@@ -48,6 +48,19 @@ class SyntheticConfig:
     style_preference: float = 4.0
     """Weight multiplier for items in the user's preferred image style."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        for name in ("num_items", "num_users", "num_text_styles", "num_image_styles", "dim"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
+        if not self.num_topics >= 2:  # a user draws up to two distinct interest topics
+            raise ValueError(f"num_topics: must be >= 2 (got {self.num_topics!r})")
+        for name in ("noise", "zipf_exponent", "mean_extra_length", "style_preference"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0 (got {getattr(self, name)!r})")
+        if not 0.0 <= self.topic_stickiness <= 1.0:
+            raise ValueError(f"topic_stickiness: must be in [0, 1] (got {self.topic_stickiness!r})")
 
 
 def synthetic_catalogue(config: SyntheticConfig | None = None) -> RecDataset:

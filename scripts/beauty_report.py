@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.report import BUCKET_TITLES, mean_std, metrics_table
-from recdata.io import write_json, write_text
+from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
+from mmq_rec.recdata.io import write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 PUBLISHED = [  # ../shared/docs/PROTOCOL.md: (R@5, N@5, R@10, N@10), not run here

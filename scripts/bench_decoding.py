@@ -30,14 +30,14 @@ import numpy as np
 import psutil
 import torch
 
-from eval.metrics import invalid_rate
-from eval.split import leave_one_out
-from generator.beam import constrained_beam_search, prefix_allowed_tokens
-from generator.model import GeneratorConfig, SIDCodec, build_model, load_generator
-from generator.trie import PrefixTrie
-from recdata.io import write_json, write_text
-from recdata.loaders import load_jsonl
-from tokenizer.sid import SIDTable
+from mmq_rec.eval.metrics import invalid_rate
+from mmq_rec.eval.split import leave_one_out
+from mmq_rec.generator.beam import constrained_beam_search, prefix_allowed_tokens
+from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, load_generator
+from mmq_rec.generator.trie import PrefixTrie
+from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.recdata.loaders import load_jsonl
+from mmq_rec.tokenizer.sid import SIDTable
 
 HERE = Path(__file__).resolve().parent.parent
 BATCH_SIZES = (32, 128, 512)

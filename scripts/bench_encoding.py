@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from eval.split import leave_one_out
-from recdata.io import write_json, write_text
-from recdata.loaders import load_jsonl
-from tokenizer.encoders import (
+from mmq_rec.eval.split import leave_one_out
+from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.recdata.loaders import load_jsonl
+from mmq_rec.tokenizer.encoders import (
     AttributeEncoderConfig,
     CollaborativeConfig,
     TextEncoderConfig,
@@ -28,7 +28,7 @@ from tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
-from tokenizer.encoders.text import resolve_model
+from mmq_rec.tokenizer.encoders.text import resolve_model
 
 
 def main() -> None:

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.split import leave_one_out
-from mmq.config import load_config
-from mmq.pipeline import build_modalities
-from recdata.io import write_json, write_text
-from recdata.loaders import load_jsonl, load_tiktok
-from tokenizer.api import tokenize
-from tokenizer.baselines import (
+from mmq_rec.config import load_config
+from mmq_rec.eval.split import leave_one_out
+from mmq_rec.pipeline import build_modalities
+from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.recdata.loaders import load_jsonl, load_tiktok
+from mmq_rec.tokenizer.api import tokenize
+from mmq_rec.tokenizer.baselines import (
     ExternalConfig,
     ExternalTokenizer,
     RandomConfig,
@@ -37,7 +37,7 @@ from tokenizer.baselines import (
     RQVAEConfig,
     RQVAETokenizer,
 )
-from tokenizer.mmq import MMQConfig, MMQTokenizer
+from mmq_rec.tokenizer.mmq import MMQConfig, MMQTokenizer
 
 HERE = Path(__file__).resolve().parent.parent
 DATA = HERE.parent / "shared" / "data"

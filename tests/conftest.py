@@ -16,6 +16,6 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def beauty(data_dir):
-    from recdata.loaders import load_jsonl
+    from mmq_rec.recdata.loaders import load_jsonl
 
     return load_jsonl(data_dir / "amazon-beauty")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recdata import DataError
-from tokenizer.encoders import (
+from mmq_rec.recdata import DataError
+from mmq_rec.tokenizer.encoders import (
     AttributeEncoderConfig,
     CollaborativeConfig,
     EmbeddingCache,
@@ -18,7 +18,7 @@ from tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
-from tokenizer.encoders.text import resolve_model
+from mmq_rec.tokenizer.encoders.text import resolve_model
 
 ITEMS = [
     {"item_id": "a", "title": "Red nail polish", "brand": "OPI", "categories": ["Beauty", "Nails"], "price": 9.0},
@@ -81,6 +81,53 @@ def test_collaborative_uses_training_only():
     assert np.array_equal(emb, encode_collaborative(train, 6, CollaborativeConfig(dim=4)))
 
 
+def test_cooccurrence_window_counts_pairs_up_to_window_apart():
+    from mmq_rec.tokenizer.encoders.collaborative import cooccurrence
+
+    def pairs(seqs, window):
+        m = cooccurrence([np.array(s) for s in seqs], 5, window).toarray()
+        assert np.array_equal(m, m.T)
+        return {(int(i), int(j)): int(m[i, j]) for i, j in zip(*np.nonzero(np.triu(m)), strict=True)}
+
+    # 0 1 2 3: distance 1 -> (0,1) (1,2) (2,3); distance 2 -> (0,2) (1,3); distance 3 -> (0,3)
+    assert pairs([[0, 1, 2, 3]], 1) == {(0, 1): 1, (1, 2): 1, (2, 3): 1}
+    assert pairs([[0, 1, 2, 3]], 2) == {(0, 1): 1, (1, 2): 1, (2, 3): 1, (0, 2): 1, (1, 3): 1}
+    everything = {(0, 1): 1, (1, 2): 1, (2, 3): 1, (0, 2): 1, (1, 3): 1, (0, 3): 1}
+    assert pairs([[0, 1, 2, 3]], 0) == pairs([[0, 1, 2, 3]], 3) == pairs([[0, 1, 2, 3]], 9) == everything
+    # an item next to itself is no pair; the same pair in two places counts twice
+    assert pairs([[4, 4, 1, 4]], 1) == {(1, 4): 2}
+    assert pairs([[2], []], 5) == {}
+
+
+def test_encoder_configs_refuse_bad_values():
+    with pytest.raises(ValueError, match=r"^window: must be >= 0 \(got -1\)$"):
+        CollaborativeConfig(window=-1)
+    with pytest.raises(ValueError, match=r"^batch_size: must be >= 1"):
+        TextEncoderConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"^fields: must list at least one item column"):
+        TextEncoderConfig(fields=[])
+    with pytest.raises(ValueError, match=r"^dim: must be >= 1"):
+        AttributeEncoderConfig(dim=0)
+    with pytest.raises(ValueError, match=r"^timeout_s: must be > 0"):
+        ImageEncoderConfig(timeout_s=0)
+
+
+def test_cache_key_includes_encoder_version(tmp_path, monkeypatch):
+    from mmq_rec.tokenizer.encoders import collaborative
+
+    train = [np.array([0, 1, 2]), np.array([0, 1]), np.array([2, 3]), np.array([1, 0])]
+    cache = EmbeddingCache(tmp_path)
+    fresh = encode_collaborative(train, 6, CollaborativeConfig(dim=4), cache)
+    (cached,) = tmp_path.iterdir()
+    assert cached.name.startswith(f"collaborative-v{collaborative.ENCODER_VERSION}-")
+    np.save(cached, np.zeros_like(fresh))  # what an older version of the encoder computed
+    assert np.all(encode_collaborative(train, 6, CollaborativeConfig(dim=4), cache) == 0) and cache.hits == 1
+    # the encoder changes (its version is bumped): the old matrix is not read, the new one is stored beside it
+    monkeypatch.setattr(collaborative, "ENCODER_VERSION", collaborative.ENCODER_VERSION + 1)
+    assert np.array_equal(encode_collaborative(train, 6, CollaborativeConfig(dim=4), cache), fresh)
+    assert cache.hits == 1 and len(list(tmp_path.iterdir())) == 2
+
+
 def _tiny_vit(path):
     import torch
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
@@ -120,3 +167,15 @@ def test_image_encoder_random_vit(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="not a readable image"):
         encode_images(["bad.png"], cfg, base_dir=tmp_path, show_progress=False)
+
+
+def test_damaged_cache_entry_is_recomputed(tmp_path, capsys):
+    from mmq_rec.tokenizer.encoders.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    first = cache.get_or_compute("x", "k" * 24, lambda: np.ones((3, 2)), version=1)
+    path = cache.path("x", "k" * 24, 1)
+    path.write_bytes(b"\x93NUMPY garbage")
+    again = cache.get_or_compute("x", "k" * 24, lambda: np.ones((3, 2)), version=1)
+    assert np.array_equal(first, again) and str(path) in capsys.readouterr().err
+    assert np.array_equal(np.load(path), first)  # replaced by a good entry

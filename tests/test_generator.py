@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from generator.beam import constrained_beam_search, prefix_allowed_tokens
-from generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
-from generator.trie import PrefixTrie
-from generator.vocab import SIDVocab, user_bucket
-from tokenizer.sid import SIDTable
+from mmq_rec.generator.beam import constrained_beam_search, prefix_allowed_tokens
+from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
+from mmq_rec.generator.trie import PrefixTrie
+from mmq_rec.generator.vocab import SIDVocab, user_bucket
+from mmq_rec.tokenizer.sid import SIDTable
 
 # equal encoder and decoder depth: HF generate mis-sizes its cache for T5 when they differ
 TINY = GeneratorConfig(num_layers=2, num_decoder_layers=2, d_model=16, d_ff=32, num_heads=2, d_kv=8, dropout=0.0,

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from mmq.cli import main
-from recdata.loaders import load_p5, load_tiktok, load_unisrec
-from recdata.schema import RecDataset
+from mmq_rec.cli import main
+from mmq_rec.recdata.loaders import load_p5, load_tiktok, load_unisrec
+from mmq_rec.recdata.schema import RecDataset
 
 
 def prepare_json(capsys, *args) -> dict:

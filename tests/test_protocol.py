@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.buckets import BucketConfig, popularity_buckets
-from eval.metrics import coverage_at_k, evaluate_rankings, invalid_rate, ndcg_at_k, recall_at_k
-from eval.report import mean_std, metrics_table
-from eval.split import PAD, cold_start_split, leave_one_out
+from mmq_rec.eval.buckets import BucketConfig, popularity_buckets
+from mmq_rec.eval.metrics import coverage_at_k, evaluate_rankings, invalid_rate, ndcg_at_k, recall_at_k
+from mmq_rec.eval.report import mean_std, metrics_table
+from mmq_rec.eval.split import PAD, cold_start_split, leave_one_out
+from mmq_rec.recdata import DataError
 
 D = [1 / math.log2(r + 1) for r in range(1, 25)]  # discount of rank r (1-based) is D[r-1]
 
@@ -46,6 +47,11 @@ def test_history_is_capped_at_20(beauty):
        st.integers(1, 5))
 def test_split_never_leaks_targets(seqs, h):
     seqs = [np.array(x) for x in seqs]
+    train_parts = [x[:-2] if len(x) >= 3 else x for x in seqs]
+    if not any(len(x) >= 3 for x in seqs) or not any(len(p) >= 2 for p in train_parts):
+        with pytest.raises(DataError, match="leave-one-out split"):  # nothing to evaluate or train on
+            leave_one_out(seqs, 10, h)
+        return
     s = leave_one_out(seqs, 10, h)
     for part in (s.train, s.valid, s.test):
         assert part.histories.shape[1] == h
@@ -55,8 +61,28 @@ def test_split_never_leaks_targets(seqs, h):
             cut = len(full) - (1 if part is s.test else 2) if part is not s.train else None
             if cut is not None:
                 assert t == full[cut] and hist.tolist() == full[max(0, cut - h):cut]
-    train_parts = [x[:-2] if len(x) >= 3 else x for x in seqs]
     assert len(s.train) == sum(max(len(p) - 1, 0) for p in train_parts)
+
+
+@pytest.mark.parametrize("seqs,match", [
+    ([[1, 2], [3], [4, 5]], r"0 of 3 users have >= 3 items \(2 have 2, 1 have 1\); each validation/test user needs 3"),
+    ([[1, 2, 3], [4, 5, 6]], r"no training example is left \(2 of 2 users have >= 3 items, but a training "
+                             r"example needs a user with >= 4 items, or a user with exactly 2\)"),
+    ([], "the dataset has no users"),
+])
+def test_degenerate_splits_are_clear_errors(seqs, match):
+    with pytest.raises(DataError, match=match):
+        leave_one_out([np.array(x) for x in seqs], 10)
+
+
+def test_cold_start_split_that_empties_training_is_an_error():
+    seqs = [np.array([0, 1, 2, 3])]  # the only training example is 0 -> 1
+    for seed in range(20):  # a seed that holds item 0 or 1 out leaves no training example
+        if {0, 1} & set(np.random.default_rng(seed).choice(4, size=2, replace=False).tolist()):
+            with pytest.raises(DataError, match="after holding the cold-start items out, no training example"):
+                cold_start_split(seqs, 4, fraction=0.5, seed=seed)
+            return
+    raise AssertionError("no seed held item 0 or 1 out")
 
 
 def test_cold_start_split_holds_items_out():

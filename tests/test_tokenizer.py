@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmq.cli import main
-from recdata import DataError
-from recdata.synthetic import SyntheticConfig, synthetic_catalogue
-from tokenizer.api import Tokenization, tokenize
-from tokenizer.baselines import (
+from mmq_rec.cli import main
+from mmq_rec.recdata import DataError
+from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
+from mmq_rec.tokenizer.api import Tokenization, tokenize
+from mmq_rec.tokenizer.baselines import (
     ExternalConfig,
     ExternalTokenizer,
     RandomConfig,
@@ -24,9 +24,9 @@ from tokenizer.baselines import (
     RQVAEConfig,
     RQVAETokenizer,
 )
-from tokenizer.mmq import MMQConfig, MMQModel, MMQTokenizer, orthogonal_loss
-from tokenizer.quantizer import Codebook
-from tokenizer.sid import SIDTable, disambiguate, quality
+from mmq_rec.tokenizer.mmq import MMQConfig, MMQModel, MMQTokenizer, orthogonal_loss
+from mmq_rec.tokenizer.quantizer import Codebook
+from mmq_rec.tokenizer.sid import SIDTable, disambiguate, quality
 
 TINY = dict(codebook_size=16, latent_dim=8, hidden_dim=32, gate_hidden_dim=8, epochs=3, batch_size=64)
 
@@ -166,6 +166,28 @@ def test_rq_baselines(mods, mode, length, tmp_path):
         assert np.array_equal(loaded.tokenizer.encode(m), t.tokenizer.encode(m))
     # residual k-means reconstruction improves on the all-zero (mean) reconstruction of standardised input
     assert rqk.quality["reconstruction_loss"]["total"] < 1.0
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: MMQConfig(codebook_size=0), r"^codebook_size: must be >= 1 \(got 0\)$"),
+    (lambda: MMQConfig(distance="dot"), r"^distance: must be one of cosine, l2 \(got 'dot'\)$"),
+    (lambda: MMQConfig(num_shared_experts=0, num_specific_experts=0), r"^num_shared_experts: MMQ needs at least one"),
+    (lambda: MMQConfig(lr=0.0), r"^lr: must be > 0"),
+    (lambda: RQVAEConfig(mode="mixed"), r"^mode: must be one of fused, separate \(got 'mixed'\)$"),
+    (lambda: RQVAEConfig(hidden_dims=[64, 0]), r"^hidden_dims: every width must be >= 1"),
+    (lambda: RQKMeansConfig(levels=0), r"^levels: must be >= 1 \(got 0\)$"),
+    (lambda: RandomConfig(length=0), r"^length: must be >= 1 \(got 0\)$"),
+])
+def test_tokenizer_configs_refuse_bad_values(make, message):
+    # "<field>: <reason>", which mmq config reports as field 'tokenize.<tokenizer>.<field>'
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_cli_tokenize_refuses_bad_setting_before_any_work(tmp_path, capsys):
+    assert main(["tokenize", "--dataset", str(tmp_path / "missing"), "--tokenize.mmq.codebook_size", "0"]) == 2
+    assert capsys.readouterr().err == ("mmq tokenize: error: field 'tokenize.mmq.codebook_size': must be >= 1 "
+                                       "(got 0)\n")
 
 
 def test_random_and_external(mods, tmp_path):

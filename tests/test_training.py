@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mmq.cli import main
-from recdata.synthetic import SyntheticConfig, synthetic_catalogue
+from mmq_rec.cli import main
+from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
 
 TINY = ["--generator.num_layers", "2", "--generator.num_decoder_layers", "2", "--generator.d_model", "32",
         "--generator.d_ff", "64", "--generator.num_heads", "2", "--generator.d_kv", "16",
@@ -32,7 +32,7 @@ def tokenized(tmp_path_factory):
 
 
 def train_cmd(d: Path, out: Path, steps: int, every: int) -> list[str]:
-    return [sys.executable, "-m", "mmq.cli", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"),
+    return [sys.executable, "-m", "mmq_rec.cli", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"),
             "--output", str(out), "--json", "--train.max_steps", str(steps), "--train.eval_every", str(every),
             *TINY]
 
@@ -116,3 +116,52 @@ def test_hashed_user_tokens(tokenized, tmp_path, capsys):
         assert main(["recommend", *history, "--user", user]) == 0
         scores[user] = [r["score"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
     assert scores["u0001"] != scores["u0002"]  # the user token reaches the model
+
+
+def test_time_budget_shapes_the_run(tokenized, tmp_path, capsys):
+    """A 2-minute budget on a small dataset: the run is laid out from its measured step time, so
+    it leaves warmup, decays, validates several times and ends inside the budget. The defaults
+    (warmup 500, validation every 1000 of 20,000 steps) would never validate on a slow machine."""
+    out = tmp_path / "budget"
+    args = ["train", "--dataset", str(tokenized / "ds"), "--tokenizer-dir", str(tokenized / "tok"),
+            "--output", str(out), "--json", "--train.max_minutes", "2", *TINY, "--train.warmup_steps", "500",
+            "--train.max_steps", "1000000"]
+    t0 = time.perf_counter()
+    assert main(args) == 0
+    elapsed = time.perf_counter() - t0
+    run = json.loads(capsys.readouterr().out)
+    plan, history = run["plan"], run["history"]
+    assert plan["calibrated"] and plan["warmup_steps"] <= plan["total_steps"] // 10
+    assert run["steps"] > plan["warmup_steps"], "never left warmup"
+    assert len(history) >= 3, history
+    assert elapsed < 2 * 60 + 45
+    # the learning rate decayed: the last logged lr is below the peak
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["plan"] == plan
+
+
+def test_baseline_command_matches_evaluate_table(tokenized, capsys):
+    ds = str(tokenized / "ds")
+    assert main(["baseline", "--dataset", ds, "--method", "popularity", "--json"]) == 0
+    pop = json.loads(capsys.readouterr().out)
+    assert pop["users"] == 200 and pop["metrics"]["head"]["users"] + pop["metrics"]["tail"]["users"] == 200
+    assert main(["baseline", "--dataset", ds, "--method", "knn", "--modality", "image", "--split", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert "| knn(image) | 200 |" in out and "[long_tail]" in out
+
+
+def test_pipeline_api_is_what_the_cli_runs(tokenized, tmp_path):
+    """The README's Python API: the same object the command line calls, same numbers."""
+    from mmq_rec.pipeline import Pipeline
+
+    pipe = Pipeline.from_config(overrides=[*TINY, "--train.max_steps", "10", "--train.eval_every", "5"],
+                                show_progress=False)
+    ds = pipe.dataset(tokenized / "ds")
+    run = pipe.train(ds, tokenized / "tok", tmp_path / "gen")
+    assert run["steps"] == 10 and len(run["history"]) == 2
+    test = pipe.evaluate(ds, run["best_model"])
+    recs = pipe.recommend(run["best_model"], [["syn00001", "syn00002"]], k=4)
+    assert len(recs[0]) == 4 and test["metrics"]["all"]["invalid_rate"] == 0.0
+    assert pipe.baseline(ds, "popularity")["metrics"]["all"]["users"] == test["users"]
+    stored = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert stored["train"]["max_steps"] == 10 and stored["generator"]["d_model"] == 32

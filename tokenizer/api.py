@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from recdata.errors import DataError
-from tokenizer.base import ItemTokenizer, Modalities, read_config
-from tokenizer.baselines import ExternalTokenizer, RandomTokenizer, RQKMeansTokenizer, RQVAETokenizer
-from tokenizer.mmq import MMQTokenizer
-from tokenizer.sid import SID_TABLE_FILE, SIDTable
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import read_json
+from mmq_rec.tokenizer.base import ItemTokenizer, Modalities, read_config
+from mmq_rec.tokenizer.baselines import ExternalTokenizer, RandomTokenizer, RQKMeansTokenizer, RQVAETokenizer
+from mmq_rec.tokenizer.mmq import MMQTokenizer
+from mmq_rec.tokenizer.sid import SID_TABLE_FILE, SIDTable
 
 TOKENIZERS: dict[str, type[ItemTokenizer]] = {
     cls.kind: cls for cls in (MMQTokenizer, RQVAETokenizer, RQKMeansTokenizer, RandomTokenizer, ExternalTokenizer)}
@@ -28,8 +28,9 @@ class Tokenization:
     table: SIDTable
     quality: dict[str, Any]
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        return self.tokenizer.save_pretrained(path, {SID_TABLE_FILE: self.table.to_json(), QUALITY_FILE: self.quality})
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        return self.tokenizer.save_pretrained(path, {SID_TABLE_FILE: self.table.to_json(), QUALITY_FILE: self.quality},
+                                              overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenization:
@@ -40,7 +41,7 @@ class Tokenization:
             raise DataError(f"unknown tokenizer_type {kind!r}", path=path / "config.json", field="tokenizer_type")
         tok = TOKENIZERS[kind]._from_dir(path, info)
         quality_path = path / QUALITY_FILE
-        quality = json.loads(quality_path.read_text()) if quality_path.exists() else {}
+        quality = read_json(quality_path) if quality_path.exists() else {}
         return cls(tok, SIDTable.load(path / SID_TABLE_FILE), quality)
 
 

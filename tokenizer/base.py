@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from recdata.errors import DataError
-from recdata.io import atomic_dir, read_json
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import atomic_dir, read_json
 
 Modalities = Mapping[str, np.ndarray]
 CONFIG_FILE = "config.json"
@@ -133,12 +133,14 @@ class ItemTokenizer(ABC):
             raise RuntimeError(f"{type(self).__name__} is not fitted")
         return self.standardizer(modalities)
 
-    def save_pretrained(self, path: str | Path, extra_files: Mapping[str, Any] | None = None) -> Path:
-        """Write `config.json` + `model.safetensors` (+ JSON `extra_files`) atomically."""
+    def save_pretrained(self, path: str | Path, extra_files: Mapping[str, Any] | None = None,
+                        overwrite: bool = False) -> Path:
+        """Write `config.json` + `model.safetensors` (+ JSON `extra_files`) atomically (replacing
+        only an earlier tokenizer directory, or with `overwrite` any output of ours)."""
         from dataclasses import asdict, is_dataclass
 
         cfg = asdict(self.config) if is_dataclass(self.config) else self.config
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "tokenizer", overwrite=overwrite) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(
                 {"tokenizer_type": self.kind, "config": cfg, "modality_dims": self.modality_dims,
                  "codebook_sizes": self.codebook_sizes()}, indent=2) + "\n")

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recdata.errors import DataError
-from recdata.io import read_json
-from tokenizer.base import ItemTokenizer, Modalities
-from tokenizer.kmeans import assign, residual_kmeans
-from tokenizer.mmq import init_residual_kmeans, restart_dead
-from tokenizer.quantizer import ResidualQuantizer
-from tokenizer.training import train_model
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import read_json
+from mmq_rec.tokenizer.base import ItemTokenizer, Modalities
+from mmq_rec.tokenizer.kmeans import assign, residual_kmeans
+from mmq_rec.tokenizer.mmq import init_residual_kmeans, restart_dead
+from mmq_rec.tokenizer.quantizer import ResidualQuantizer
+from mmq_rec.tokenizer.training import train_model
 
 MODES = ("fused", "separate")
 
@@ -36,6 +36,19 @@ def _groups(mode: str, std: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return {"fused": np.concatenate(list(std.values()), axis=1)} if mode == "fused" else dict(std)
+
+
+def _check_mode(mode: str) -> None:
+    # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {', '.join(MODES)} (got {mode!r})")
+
+
+def _check_at_least(cfg: Any, low: int, *names: str) -> None:
+    """Each named field of `cfg` must be >= low (`not >=` also refuses NaN)."""
+    for name in names:
+        if not getattr(cfg, name) >= low:
+            raise ValueError(f"{name}: must be >= {low} (got {getattr(cfg, name)!r})")
 
 
 def _split_back(mode: str, rec: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, np.ndarray]:
@@ -66,6 +79,15 @@ class RQVAEConfig:
     dead_code_restart: bool = False
     """Off by default, as in TIGER."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        _check_at_least(self, 1, "levels", "codebook_size", "latent_dim", "epochs", "batch_size")
+        _check_at_least(self, 0, "commitment")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0 (got {self.lr!r})")
+        if not all(isinstance(h, int) and h >= 1 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims: every width must be >= 1 (got {self.hidden_dims!r})")
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -177,6 +199,10 @@ class RQKMeansConfig:
     """k-means iterations per level."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        _check_at_least(self, 1, "levels", "codebook_size", "niter")
+
 
 class RQKMeansTokenizer(ItemTokenizer):
     kind = "rqkmeans"
@@ -236,6 +262,9 @@ class RandomConfig:
     length: int = 6
     codebook_size: int = 256
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, 1, "length", "codebook_size")
 
 
 class RandomTokenizer(ItemTokenizer):

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.base import ItemTokenizer, Modalities
-from tokenizer.kmeans import kmeans
-from tokenizer.quantizer import ResidualQuantizer
-from tokenizer.training import train_model
+from mmq_rec.tokenizer.base import ItemTokenizer, Modalities
+from mmq_rec.tokenizer.kmeans import kmeans
+from mmq_rec.tokenizer.quantizer import DISTANCES, ResidualQuantizer
+from mmq_rec.tokenizer.training import train_model
 
 
 @dataclass
@@ -60,6 +60,22 @@ class MMQConfig:
     kmeans_init: bool = True
     dead_code_restart: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        for name in ("codebook_size", "depth", "latent_dim", "hidden_dim", "gate_hidden_dim", "epochs", "batch_size"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
+        for name in ("num_shared_experts", "num_specific_experts", "alpha", "beta", "gamma", "vq_weight",
+                     "commitment", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0 (got {getattr(self, name)!r})")
+        if self.num_shared_experts + self.num_specific_experts == 0:
+            raise ValueError("num_shared_experts: MMQ needs at least one shared or specific expert (both are 0)")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance: must be one of {', '.join(DISTANCES)} (got {self.distance!r})")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0 (got {self.lr!r})")
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from recdata.errors import DataError
-from recdata.io import read_json, write_json
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import read_json, write_json
 
 SID_TABLE_FILE = "sid_table.json"
 

@@ -9,11 +9,11 @@
 
 Results are cached on disk under a key that hashes the content and the encoder settings."""
 
-from tokenizer.encoders.attributes import AttributeEncoderConfig, encode_attributes
-from tokenizer.encoders.cache import EmbeddingCache
-from tokenizer.encoders.collaborative import CollaborativeConfig, encode_collaborative
-from tokenizer.encoders.image import ImageEncoderConfig, encode_images
-from tokenizer.encoders.text import TextEncoderConfig, encode_texts, item_texts
+from mmq_rec.tokenizer.encoders.attributes import AttributeEncoderConfig, encode_attributes
+from mmq_rec.tokenizer.encoders.cache import EmbeddingCache
+from mmq_rec.tokenizer.encoders.collaborative import CollaborativeConfig, encode_collaborative
+from mmq_rec.tokenizer.encoders.image import ImageEncoderConfig, encode_images
+from mmq_rec.tokenizer.encoders.text import TextEncoderConfig, encode_texts, item_texts
 
 __all__ = [
     "AttributeEncoderConfig", "encode_attributes", "EmbeddingCache", "CollaborativeConfig",

@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from tokenizer.encoders._linalg import l2_normalise, randomized_svd
-from tokenizer.encoders.cache import EmbeddingCache, content_hash
+from mmq_rec.tokenizer.encoders._linalg import l2_normalise, randomized_svd
+from mmq_rec.tokenizer.encoders.cache import EmbeddingCache, content_hash
+
+ENCODER_VERSION = 1
+"""Part of the cache key; bump when the computation changes."""
 
 
 @dataclass
@@ -41,6 +44,15 @@ class AttributeEncoderConfig:
     dim: int = 64
     """Output dimension (randomized SVD rank)."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        for name in ("numeric_bins", "min_count", "dim"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
+        if not (self.list_fields or self.categorical_fields or self.numeric_fields):
+            raise ValueError("list_fields: list_fields, categorical_fields and numeric_fields are all empty "
+                             "(the attribute modality would have no tokens)")
 
 
 def _numeric_tokens(values: list[Any], name: str, bins: int) -> list[list[tuple[str, float]]]:
@@ -114,4 +126,4 @@ def encode_attributes(items: Sequence[dict[str, Any]] | Any, config: AttributeEn
         u, s, _ = randomized_svd(x, config.dim, seed=config.seed)
         return l2_normalise(u * s).astype(np.float32)
 
-    return (cache or EmbeddingCache(None)).get_or_compute("attributes", key, compute)
+    return (cache or EmbeddingCache(None)).get_or_compute("attributes", key, compute, version=ENCODER_VERSION)

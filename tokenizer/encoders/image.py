@@ -19,9 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recdata.errors import DataError
-from tokenizer.encoders._linalg import l2_normalise
-from tokenizer.encoders.cache import EmbeddingCache, content_hash, model_fingerprint
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.tokenizer.encoders._linalg import l2_normalise
+from mmq_rec.tokenizer.encoders.cache import EmbeddingCache, content_hash, model_fingerprint
+
+ENCODER_VERSION = 1
+"""Part of the cache key; bump when the computation changes."""
 
 
 @dataclass
@@ -38,6 +41,17 @@ class ImageEncoderConfig:
     """Timeout for downloading an image URL."""
     device: str | None = None
     """torch device; None picks CUDA when available."""
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        if not self.model:
+            raise ValueError("model: must name a transformers vision checkpoint or directory (got '')")
+        if not self.field:
+            raise ValueError("field: must name the item column holding image references (got '')")
+        if not self.batch_size >= 1:
+            raise ValueError(f"batch_size: must be >= 1 (got {self.batch_size!r})")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s: must be > 0 (got {self.timeout_s!r})")
 
 
 @dataclass
@@ -114,6 +128,6 @@ def encode_images(refs: Sequence[str | None], config: ImageEncoderConfig | None 
             emb[present] = np.concatenate(chunks)
         return l2_normalise(emb)
 
-    emb = (cache or EmbeddingCache(None)).get_or_compute("image", key, compute)
+    emb = (cache or EmbeddingCache(None)).get_or_compute("image", key, compute, version=ENCODER_VERSION)
     return ImageEncoding(emb, missing, unreadable)
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer.encoders.cache import EmbeddingCache, content_hash, model_fingerprint
+from mmq_rec.tokenizer.encoders.cache import EmbeddingCache, content_hash, model_fingerprint
 
+ENCODER_VERSION = 1
+"""Part of the cache key; bump when the computation changes."""
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 HUB_NAMES = {DEFAULT_TEXT_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
              "sentence-transformers/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -31,6 +33,16 @@ class TextEncoderConfig:
     """L2-normalise the embeddings."""
     device: str | None = None
     """torch device; None picks CUDA when available."""
+
+    def __post_init__(self) -> None:
+        # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
+        if not self.model:
+            raise ValueError("model: must name a sentence-transformers model or directory (got '')")
+        if not self.fields:
+            raise ValueError("fields: must list at least one item column")
+        for name in ("batch_size", "max_chars"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
 
 
 def resolve_model(name: str) -> str:
@@ -86,4 +98,4 @@ def encode_texts(texts: Sequence[str], config: TextEncoderConfig | None = None,
         return model.encode(list(texts), batch_size=config.batch_size, show_progress_bar=show_progress,
                             convert_to_numpy=True, normalize_embeddings=config.normalize)
 
-    return (cache or EmbeddingCache(None)).get_or_compute("text", key, compute)
+    return (cache or EmbeddingCache(None)).get_or_compute("text", key, compute, version=ENCODER_VERSION)

@@ -1,0 +1,19 @@
+"""Named configuration presets: partial configurations applied over the defaults and under any
+YAML file or command-line override (`load_config(..., preset="demo")`). A preset is data, never a
+second wiring of the stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # `mmq demo`: small sizes so every stage runs in a few minutes on 2 CPU cores.
+    "demo": {
+        "output_dir": "runs/demo",
+        "encode": {"modalities": ["text", "image"]},
+        "tokenize": {"tokenizer": "mmq", "mmq": {"codebook_size": 32, "epochs": 60}},
+        "generator": {"input_mode": "item", "d_model": 64, "num_layers": 2, "num_decoder_layers": 2,
+                      "d_ff": 256, "num_heads": 4, "d_kv": 16},
+        "train": {"max_steps": 1500, "eval_every": 500, "batch_size": 128, "warmup_steps": 150, "lr": 3e-3},
+    },
+}
