@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import T5ForConditionalGeneration
 
+from mmq_rec.generator.objective import encode
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.generator.vocab import SIDVocab
 
@@ -121,7 +122,7 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
     -inf there). The beam is widened to `top_k` if narrower."""
     w = max(beam_width, top_k)
     dev = model.device
-    enc = model.get_encoder()(**encoder_inputs).last_hidden_state
+    enc = encode(model, encoder_inputs)
     b = enc.shape[0]
     decoder = T5StepDecoder(model, enc, encoder_inputs["attention_mask"], w, trie.length)
     start = torch.full((b,), model.config.decoder_start_token_id, dtype=torch.long, device=dev)

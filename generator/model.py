@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
+from mmq_rec.generator.objective import OBJECTIVES
 from mmq_rec.generator.vocab import EOS, PAD, SIDVocab
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import atomic_dir, read_json
@@ -42,6 +43,10 @@ class GeneratorConfig:
     user_buckets: int = 0
     """TIGER's hashed user token: 0 = none; else user ids are hashed into this many `<u..>` tokens
     and the encoder input starts with the user's token (recommending then needs the user id)."""
+    objective: str = "auto"
+    """prefix: one example per (history, next item), bidirectional encoder (TIGER); all_positions
+    (item mode only): a causal encoder over each user window, every position a target, one
+    forward pass per window; auto: all_positions in item mode without user tokens, else prefix."""
 
     def __post_init__(self) -> None:
         # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
@@ -54,6 +59,20 @@ class GeneratorConfig:
             raise ValueError(f"dropout: must be in [0, 1) (got {self.dropout!r})")
         if not self.user_buckets >= 0:
             raise ValueError(f"user_buckets: must be >= 0 (got {self.user_buckets!r})")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)} (got {self.objective!r})")
+        if self.objective == "all_positions" and self.input_mode != "item":
+            raise ValueError("objective: all_positions needs input_mode item (a flat history has no item positions)")
+        if self.objective == "all_positions" and self.user_buckets:
+            # T5's relative position bias would see the user token at another distance from each
+            # position than at inference, so the two objectives would train different models
+            raise ValueError("objective: all_positions does not take user tokens (user_buckets > 0): use prefix")
+
+    @property
+    def all_positions(self) -> bool:
+        return self.objective == "all_positions" or (self.objective == "auto" and self.input_mode == "item"
+                                                     and not self.user_buckets)
+
 
 
 def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGeneration:
@@ -65,6 +84,7 @@ def build_model(vocab: SIDVocab, cfg: GeneratorConfig) -> T5ForConditionalGenera
                   num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
                   dropout_rate=cfg.dropout, feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS,
                   decoder_start_token_id=PAD)
+    t5.causal_encoder = cfg.all_positions  # saved in config.json; `objective.encode` reads it
     model = T5ForConditionalGeneration(t5)
     model.generation_config.decoder_start_token_id = PAD
     model.generation_config.pad_token_id = PAD

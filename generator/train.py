@@ -7,7 +7,12 @@ the *validation* split (main process; the result is broadcast), the best model i
 `save_pretrained` into `OUT/best`, and training stops after `patience` evaluations without
 improvement. A checkpoint (accelerate state + trainer_state.json) is written atomically to
 `OUT/checkpoint` at every evaluation; starting again with the same output directory resumes
-from it, mid-epoch included (seedable sampler + skipped batches). TensorBoard logs go to `OUT/logs`.
+from it, mid-epoch included (seeded per-epoch order + skipped batches). TensorBoard logs go to `OUT/logs`.
+
+Batches are index slices of training tensors that live on the device (no per-example collation),
+the loss is read back every `log_every` steps (no host sync per step), AdamW is fused where torch
+has it. The objective (`generator/objective.py`) is TIGER's per-prefix one or, in item mode, the
+all-position one over user windows.
 
 With a wall-clock budget (`max_minutes`) the run is laid out from what it measures: after a few
 steps it validates once, times a step and a validation, and sets the total steps, warmup and
@@ -27,11 +32,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
-from torch.utils.data import DataLoader, TensorDataset
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, save_generator
+from mmq_rec.generator.objective import GeneratorLoss
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import atomic_dir, write_json
 
@@ -157,8 +162,9 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                     titles: list[str] | None = None, train_users: torch.Tensor | None = None) -> dict[str, Any]:
     """Train (or resume) and return the trainer state: steps, best step and metric, history, and
     the plan (total steps, warmup, validation cadence; derived from the measured step time when
-    `cfg.max_minutes` is set). `train_users` (E,): each example's user-token id, required when
-    the codec has user tokens."""
+    `cfg.max_minutes` is set). Rows: per-prefix histories (E, H) and targets (E,), or for the
+    all-position objective windows (N, W) and targets (N, W) (`objective.all_position_windows`).
+    `train_users`: each row's user-token id, required when the codec has user tokens."""
     if codec.uses_users and train_users is None:
         raise ValueError("the generator has hashed user tokens: pass train_users")
     out = Path(output_dir)
@@ -167,16 +173,22 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         mp = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(
         mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     set_seed(cfg.seed)
     model = build_model(codec.vocab, model_cfg)
-    columns = [train_histories, train_targets] + ([train_users] if codec.uses_users else [])
-    loader = DataLoader(TensorDataset(*columns), batch_size=cfg.batch_size, shuffle=True, drop_last=False)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = GeneratorLoss(model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users)
+    optim = _adamw(net, cfg, accelerator.device)
     plan = initial_plan(cfg)
+    # The scheduler is not given to accelerate.prepare, which would step it once per process:
+    # it is stepped here once per optimizer step, whatever the number of processes.
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg, plan))
-    model, optim, loader, sched = accelerator.prepare(model, optim, loader, sched)
+    net, optim = accelerator.prepare(net, optim)
+    accelerator.register_for_checkpointing(sched)
+    model = accelerator.unwrap_model(net).t5
+    # training data lives on the device; batches are index slices of a seeded permutation
+    columns = [t.to(accelerator.device) for t in
+               (train_histories, train_targets, *([train_users] if codec.uses_users else []))]
+    shard = _Shard(len(train_targets), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     accelerator.init_trackers("generator", config={**asdict(cfg), **asdict(model_cfg)})
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None,
@@ -201,7 +213,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         t_eval = time.perf_counter()
         if accelerator.is_main_process and validate is not None:
             model.eval()
-            metrics = validate(accelerator.unwrap_model(model))
+            metrics = validate(model)
             model.train()
         metrics = broadcast_object_list([metrics])[0]
         if metrics is not None:
@@ -212,7 +224,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
             if improved:
                 state.update(best_metric=value, best_step=state["step"], bad_evals=0)
                 if accelerator.is_main_process:
-                    save_generator(out / "best", accelerator.unwrap_model(model), codec, model_cfg,
+                    save_generator(out / "best", model, codec, model_cfg,
                                    {"step": state["step"], "valid": metrics, **(extra_info or {})}, titles)
             else:
                 state["bad_evals"] += 1
@@ -235,32 +247,32 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     bar = tqdm(total=plan["total_steps"], initial=state["step"], desc="train", disable=not show_progress
                or not accelerator.is_local_main_process)
     t0 = time.perf_counter() - state["train_seconds"]
-    running, n_running = 0.0, 0
+    running, n_running = torch.zeros((), device=accelerator.device), 0
     stop = False
     while not stop:
-        loader.set_epoch(state["epoch"])
-        batches = accelerator.skip_first_batches(loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else loader
-        for hist, tgt, *users in _without_global_rng(batches):
-            with accelerator.accumulate(model):
-                loss = _loss(model, codec, hist, tgt, users[0] if users else None)
+        order = shard.epoch_order(state["epoch"]).to(accelerator.device)
+        for b in range(state["batch_in_epoch"], shard.batches):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            with accelerator.accumulate(net):
+                loss = net(*(c[idx] for c in columns))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
                 optim.step()
-                sched.step()
                 optim.zero_grad(set_to_none=True)
             state["batch_in_epoch"] += 1
-            running += loss.item()
+            running += loss.detach()  # no host sync per step: the loss is read every log_every steps
             n_running += 1
             if not accelerator.sync_gradients:
                 continue
+            sched.step()
             state["step"] += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
-                accelerator.log({"train/loss": running / n_running, "train/lr": sched.get_last_lr()[0]},
-                                step=state["step"])
-                bar.set_postfix(loss=f"{running / n_running:.3f}")
-                running, n_running = 0.0, 0
+                mean = (running / n_running).item()
+                accelerator.log({"train/loss": mean, "train/lr": sched.get_last_lr()[0]}, step=state["step"])
+                bar.set_postfix(loss=f"{mean:.3f}")
+                running, n_running = torch.zeros_like(running), 0
             state["train_seconds"] = time.perf_counter() - t0
             # the clock is rank 0's: every rank takes the same time decisions, or collectives hang
             out_of_time = _main_decides(accelerator, cfg.max_minutes > 0
@@ -301,21 +313,27 @@ def _log(accelerator: Accelerator, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _without_global_rng(batches):
-    """Iterate `batches` without letting the DataLoader's worker-seed draw consume the global RNG, so
-    a resumed run (which opens its iterator at another moment) sees the same dropout masks."""
-    it = iter(batches)
-    with torch.random.fork_rng(devices=[]):
-        first = next(it, None)
-    if first is None:
-        return
-    yield first
-    yield from it
+class _Shard:
+    """This process's batches of an epoch: a permutation seeded by (seed, epoch), cut into equal
+    shares per process (the remainder that does not divide evenly is left out of that epoch), so
+    a resumed run re-creates the same order and skips the batches it has done."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_rank = n // world
+        if self.per_rank == 0:
+            raise ValueError(f"{n} training rows cannot be shared by {world} processes")
+        self.batches = math.ceil(self.per_rank / batch_size)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.per_rank * self.world]
+        return perm.view(self.per_rank, self.world)[:, self.rank].contiguous()
 
 
-def _loss(model, codec: SIDCodec, hist: torch.Tensor, tgt: torch.Tensor,
-          users: torch.Tensor | None) -> torch.Tensor:
-    """Forward through the (possibly DDP-wrapped) model so gradients synchronise."""
-    inner = model.module if hasattr(model, "module") else model
-    inputs = codec.encoder_inputs(inner, hist, users)
-    return model(**inputs, labels=codec.labels(tgt).to(inner.device)).loss
+def _adamw(net: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel where this torch build has it for the device."""
+    try:
+        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

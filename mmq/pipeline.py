@@ -30,6 +30,7 @@ from mmq_rec.eval.buckets import PopularityBuckets, popularity_buckets
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.eval.split import Split, SplitPart, cold_start_split, leave_one_out
 from mmq_rec.generator.model import SIDCodec
+from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.recdata.errors import DataError
@@ -147,6 +148,14 @@ def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: boo
     return items
 
 
+def training_rows(split: Split, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generator's training rows for its objective: (histories (E, H), targets (E,), user (E,))
+    per prefix, or (windows (N, W), targets (N, W), user (N,)) for the all-position objective."""
+    if cfg.generator.all_positions:
+        return all_position_windows(split.train_sequences, cfg.data.max_history)
+    return split.train.histories, split.train.targets, split.train.users
+
+
 def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int,
                    user_ids: list[str] | None = None):
     """validate(model) -> Recall/NDCG@ks on the given validation users (the trie is built once)."""
@@ -248,9 +257,10 @@ class Pipeline:
         user_ids = ds.user_ids()
         validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg,
                                   ds.num_items, user_ids)
-        train_users = codec.user_tokens([user_ids[u] for u in split.train.users]) if codec.uses_users else None
+        hist, tgt, rows_user = training_rows(split, cfg)
+        train_users = codec.user_tokens([user_ids[u] for u in rows_user]) if codec.uses_users else None
         t0 = time.perf_counter()
-        state = train_generator(codec, torch.from_numpy(split.train.histories), torch.from_numpy(split.train.targets),
+        state = train_generator(codec, torch.from_numpy(hist), torch.from_numpy(tgt),
                                 cfg.generator, cfg.train, output, validate, self.show_progress,
                                 extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
                                             "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),

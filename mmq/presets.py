@@ -14,6 +14,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenize": {"tokenizer": "mmq", "mmq": {"codebook_size": 32, "epochs": 60}},
         "generator": {"input_mode": "item", "d_model": 64, "num_layers": 2, "num_decoder_layers": 2,
                       "d_ff": 256, "num_heads": 4, "d_kv": 16},
-        "train": {"max_steps": 1500, "eval_every": 500, "batch_size": 128, "warmup_steps": 150, "lr": 3e-3},
+        # item mode trains on all positions: a batch is 32 user windows (about 250 targets)
+        "train": {"max_steps": 800, "eval_every": 200, "batch_size": 32, "warmup_steps": 80, "lr": 3e-3},
     },
 }

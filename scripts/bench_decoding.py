@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from mmq_rec.eval.metrics import invalid_rate
 from mmq_rec.eval.split import leave_one_out
 from mmq_rec.generator.beam import constrained_beam_search, prefix_allowed_tokens
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, load_generator
+from mmq_rec.generator.objective import encode
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.recdata.io import write_json, write_text
 from mmq_rec.recdata.loaders import load_jsonl
@@ -88,7 +90,9 @@ def hf(model, codec, fn, index, hist, beam, k, bs):
     items, scores = [], []
     for s in range(0, len(hist), bs):
         enc = codec.encoder_inputs(model, hist[s:s + bs])
-        out = model.generate(**enc, num_beams=beam, num_return_sequences=k, max_new_tokens=codec.vocab.sid_length,
+        # the encoder pass as the model defines it (causal for the all-position objective)
+        hidden = BaseModelOutput(last_hidden_state=encode(model, enc))
+        out = model.generate(encoder_outputs=hidden, attention_mask=enc["attention_mask"], num_beams=beam, num_return_sequences=k, max_new_tokens=codec.vocab.sid_length,
                              prefix_allowed_tokens_fn=fn, length_penalty=0.0, do_sample=False, output_scores=True,
                              return_dict_in_generate=True)
         seqs = (out.sequences[:, 1:] - offsets).tolist()

@@ -13,13 +13,16 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mmq_rec.generator.beam import constrained_beam_search, prefix_allowed_tokens
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
+from mmq_rec.generator.objective import GeneratorLoss, all_position_windows, encode, is_causal
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.generator.vocab import SIDVocab, user_bucket
 from mmq_rec.tokenizer.sid import SIDTable
 
 # equal encoder and decoder depth: HF generate mis-sizes its cache for T5 when they differ
+# (the per-prefix objective: a bidirectional encoder, as HF generate runs it; the causal encoder
+# of the all-position objective has its own tests below)
 TINY = GeneratorConfig(num_layers=2, num_decoder_layers=2, d_model=16, d_ff=32, num_heads=2, d_kv=8, dropout=0.0,
-                       max_history=4)
+                       max_history=4, objective="prefix")
 
 
 def catalogue(seed: int, n: int, length: int, k: int) -> SIDTable:
@@ -216,3 +219,70 @@ def test_save_and_load_generator(tmp_path):
         a = model(**codec.encoder_inputs(model, hist), labels=codec.labels(torch.tensor([1, 2]))).loss
         b = m2(**c2.encoder_inputs(m2, hist), labels=c2.labels(torch.tensor([1, 2]))).loss
     assert torch.allclose(a, b)
+
+
+def causal_model(table: SIDTable, seed: int):
+    torch.manual_seed(seed)
+    codec = SIDCodec(table, "item")
+    cfg = GeneratorConfig(**{**TINY.__dict__, "input_mode": "item", "objective": "all_positions", "max_history": 6})
+    return build_model(codec.vocab, cfg).eval(), codec
+
+
+def test_all_position_loss_equals_single_prefix_forward():
+    """Each position's loss from one windowed pass equals the single-prefix forward of the same
+    causal model (right-aligned prefix, as at inference)."""
+    table = catalogue(5, 40, 3, 6)
+    model, codec = causal_model(table, 0)
+    assert is_causal(model)
+    seqs = [np.array([3, 7, 1, 9, 22, 5, 8, 30, 2]), np.array([4, 11]), np.array([6, 1, 0, 13, 17])]
+    inputs, targets, _ = all_position_windows(seqs, 6)
+    assert sorted(int(t) for t in targets[targets >= 0]) == sorted(int(x) for s in seqs for x in s[1:])
+    net = GeneratorLoss(model, codec.item_tokens, "item", True, False).eval()
+    x, t = torch.from_numpy(inputs), torch.from_numpy(targets)
+    with torch.no_grad():
+        losses = net.position_losses(net.encoder_inputs(x, None), t)
+        expected = []
+        for r, p in zip(*np.nonzero(targets >= 0), strict=True):
+            prefix = inputs[r, : p + 1]
+            hist = torch.full((1, 6), -1, dtype=torch.long)
+            valid = prefix[prefix >= 0]
+            hist[0, 6 - len(valid):] = torch.from_numpy(valid)
+            enc_in = codec.encoder_inputs(model, hist)
+            hidden = encode(model, enc_in)
+            out = model(encoder_outputs=(hidden,), attention_mask=enc_in["attention_mask"],
+                        labels=codec.labels(torch.tensor([targets[r, p]])))
+            expected.append(out.loss)
+    assert losses.shape == (len(expected),)
+    torch.testing.assert_close(losses, torch.stack(expected), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="user tokens"):
+        GeneratorConfig(input_mode="item", objective="all_positions", user_buckets=8)
+    # the causal mask matters: a bidirectional encoder lets early positions see later items
+    with torch.no_grad():
+        enc_in = net.encoder_inputs(x, None)
+        causal = encode(model, enc_in)
+        model.config.causal_encoder = False
+        assert not torch.allclose(encode(model, enc_in)[0, 0], causal[0, 0], atol=1e-4)
+
+
+def test_causal_model_beam_search_is_exact_and_reloads(tmp_path):
+    table = catalogue(6, 30, 3, 5)
+    model, codec = causal_model(table, 1)
+    hist = histories(2, 5, 30)
+    with torch.no_grad():
+        enc_in = codec.encoder_inputs(model, hist)
+        hidden = encode(model, enc_in)
+        n = len(table)
+        ref = torch.empty(len(hist), n)
+        for u in range(len(hist)):
+            out = model(encoder_outputs=(hidden[u:u + 1].expand(n, -1, -1),),
+                        attention_mask=enc_in["attention_mask"][u:u + 1].expand(n, -1),
+                        labels=codec.labels(torch.arange(n)))
+            lp = F.log_softmax(out.logits.float(), dim=-1)
+            ref[u] = lp.gather(2, codec.labels(torch.arange(n)).unsqueeze(2)).squeeze(2).sum(1)
+    items, scores = constrained_beam_search(model, enc_in, PrefixTrie(table.codes, table.codebook_sizes), codec.vocab,
+                                            beam_width=n, top_k=5)
+    torch.testing.assert_close(scores, ref.topk(5, dim=1).values, atol=1e-4, rtol=0)
+    cfg = GeneratorConfig(**{**TINY.__dict__, "input_mode": "item", "objective": "all_positions", "max_history": 6})
+    save_generator(tmp_path / "g", model, codec, cfg)
+    again, _, loaded_cfg, _ = load_generator(tmp_path / "g")
+    assert is_causal(again) and loaded_cfg.all_positions

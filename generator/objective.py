@@ -1,0 +1,131 @@
+"""Training objectives of the generator, as one module that owns the T5 model and its tensors.
+
+- `prefix` (TIGER): one example per (history, next item); the encoder is bidirectional.
+- `all_positions` (item input mode; as RPG and SASRec train): one forward pass per user window
+  of up to `max_history` items with a *causal* encoder; every position is a target, and the
+  decoder for the item after position t cross-attends to encoder positions <= t only. The
+  encoder runs once per window instead of once per prefix (in item mode it is most of the
+  compute), and a position's loss equals the single-prefix forward of the same causal model
+  (tested). A model trained this way carries `causal_encoder = True` in its config, and every
+  encoder pass (`encode`) applies the causal mask, at inference too.
+
+`GeneratorLoss` holds the T5 model and the item -> SID-token table as a buffer, so `.to(device)`
+and accelerate's DDP wrapping cover everything a training step touches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import T5ForConditionalGeneration
+
+from mmq_rec.generator.vocab import PAD
+
+OBJECTIVES = ("auto", "prefix", "all_positions")
+
+
+def is_causal(model: T5ForConditionalGeneration) -> bool:
+    return bool(getattr(model.config, "causal_encoder", False))
+
+
+def causal_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, S) key-padding mask -> (B, 1, S, S) additive mask: position i sees valid j <= i.
+
+    The most negative finite value (not -inf) keeps a query row with no valid key (a padding
+    position, never a target) finite instead of NaN; its exp underflows to exactly 0 elsewhere."""
+    s = mask.shape[1]
+    allowed = torch.ones(s, s, dtype=torch.bool, device=mask.device).tril()[None] & mask.bool()[:, None, :]
+    out = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def encode(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The encoder's last hidden state (B, S, d), causal for a model trained on all positions."""
+    if not is_causal(model):
+        return model.get_encoder()(**encoder_inputs).last_hidden_state
+    emb = encoder_inputs.get("inputs_embeds")
+    dtype = emb.dtype if emb is not None else model.dtype
+    inputs = {**encoder_inputs, "attention_mask": causal_mask(encoder_inputs["attention_mask"], dtype)}
+    return model.get_encoder()(**inputs).last_hidden_state
+
+
+def all_position_windows(train_sequences: Sequence[np.ndarray], max_history: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user training sequences -> (inputs (N, W), targets (N, W), user (N,)), right-aligned
+    and -1 padded, W = max_history. targets[n, t] is the item after inputs[n, t]. A sequence
+    longer than W + 1 becomes several windows ending at its last item, each target in exactly
+    one window (the first targets of an earlier window then see fewer than W items)."""
+    w = max_history
+    rows_in, rows_tg, users = [], [], []
+    for u, seq in enumerate(train_sequences):
+        seq = np.asarray(seq, dtype=np.int64)
+        end = len(seq) - 1  # targets are seq[1:]
+        while end >= 1:
+            start = max(0, end - w)
+            rows_in.append(seq[start:end])
+            rows_tg.append(seq[start + 1:end + 1])
+            users.append(u)
+            end = start
+    inputs = np.full((len(rows_in), w), -1, dtype=np.int64)
+    targets = np.full((len(rows_in), w), -1, dtype=np.int64)
+    for r, (a, b) in enumerate(zip(rows_in, rows_tg, strict=True)):
+        inputs[r, w - len(a):] = a
+        targets[r, w - len(b):] = b
+    return inputs, targets, np.asarray(users, dtype=np.int64)
+
+
+class GeneratorLoss(nn.Module):
+    """Mean next-item SID cross-entropy of a batch, under either objective.
+
+    `item_tokens` (num_items + 1, L): each item's SID tokens, the last row the padding item (index
+    -1 wraps to it); `user_offset` > 0 when the encoder reads a hashed user token first."""
+
+    def __init__(self, t5: T5ForConditionalGeneration, item_tokens: torch.Tensor, input_mode: str,
+                 all_positions: bool, uses_users: bool):
+        super().__init__()
+        self.t5 = t5
+        self.register_buffer("item_tokens", item_tokens.clone(), persistent=False)
+        self.input_mode = input_mode
+        self.all_positions = all_positions
+        self.uses_users = uses_users
+
+    def encoder_inputs(self, histories: torch.Tensor, users: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        tok = self.item_tokens[histories]  # (B, H, L)
+        if self.input_mode == "flat":
+            ids = tok.flatten(1)
+            if self.uses_users:
+                ids = torch.cat([users[:, None], ids], dim=1)
+            return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
+        embed = self.t5.get_input_embeddings()
+        emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
+        if self.uses_users:
+            emb = torch.cat([embed(users[:, None]), emb], dim=1)
+            mask = torch.cat([torch.ones_like(users[:, None]), mask], dim=1)
+        return {"inputs_embeds": emb, "attention_mask": mask}
+
+    def forward(self, histories: torch.Tensor, targets: torch.Tensor,
+                users: torch.Tensor | None = None) -> torch.Tensor:
+        """prefix: histories (B, H), targets (B,). all_positions: histories (B, W) windows,
+        targets (B, W) with -1 where a position has no target (no user tokens: see GeneratorConfig)."""
+        inputs = self.encoder_inputs(histories, users)
+        if not self.all_positions:
+            return self.t5(**inputs, labels=self.item_tokens[targets]).loss
+        return self.position_losses(inputs, targets).mean()
+
+    def position_losses(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """Loss of every (window, position) with a target, in row-major order (E,)."""
+        mask = inputs["attention_mask"]
+        hidden = self.t5.get_encoder()(inputs_embeds=inputs["inputs_embeds"],
+                                       attention_mask=causal_mask(mask, inputs["inputs_embeds"].dtype)
+                                       ).last_hidden_state
+        row, pos = (targets >= 0).nonzero(as_tuple=True)
+        # the decoder for the item after position t sees encoder positions <= t
+        visible = (torch.arange(hidden.shape[1], device=mask.device)[None] <= pos[:, None]) & mask[row].bool()
+        labels = self.item_tokens[targets[row, pos]]
+        out = self.t5(encoder_outputs=(hidden[row],), attention_mask=visible.long(),
+                      decoder_input_ids=self.t5._shift_right(labels))
+        logits = out.logits.float()
+        per_token = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return per_token.mean(dim=1)
