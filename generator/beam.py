@@ -10,7 +10,11 @@ Where it saves work over `generate(..., prefix_allowed_tokens_fn=...)`:
   key/value pool through a mask, and only a small table of ancestor rows is reordered.
 Scores are sums of log-softmax over the full vocabulary, exactly what the model assigns (and what
 HF beam search with `length_penalty=0` reports). Beams that run out of valid continuations are
-dropped, never filled with invented items: every returned item exists; missing slots are -1."""
+dropped, never filled with invented items: every returned item exists; missing slots are -1.
+
+Everything stays on the model's device: the trie's arrays are moved there once, and the loop
+reads nothing back to the host (no `.cpu()`, `.item()` or data-dependent shape), so on a GPU
+the steps are queued without a sync; the caller moves the final items and scores to the host."""
 
 from __future__ import annotations
 
@@ -118,10 +122,13 @@ class T5StepDecoder:
 def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Tensor],
                             trie: PrefixTrie, vocab: SIDVocab, beam_width: int = 20, top_k: int = 10
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-`top_k` items per user: (items (B, top_k) long, -1 where fewer exist; scores (B, top_k),
-    -inf there). The beam is widened to `top_k` if narrower."""
+    """Top-`top_k` items per user: (items (B, top_k) long, -1 where fewer exist; scores (B, top_k)
+    float32, -inf there), both on the model's device. The beam is widened to `top_k` if narrower.
+    A trie on another device is moved to the model's (once: it stays there)."""
     w = max(beam_width, top_k)
     dev = model.device
+    if trie.device != dev:
+        trie.to(dev)
     enc = encode(model, encoder_inputs)
     b = enc.shape[0]
     decoder = T5StepDecoder(model, enc, encoder_inputs["attention_mask"], w, trie.length)
@@ -130,7 +137,7 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
     # level 0: one row per user (all beams are identical before the first token)
     lo, hi = vocab.slice(0)
     lp = decoder.step(start)[:, lo:hi]
-    lp = lp.masked_fill(~trie.allowed(0, torch.zeros(b, dtype=torch.long)).to(dev), float("-inf"))
+    lp = lp.masked_fill(~trie.allowed(0, torch.zeros(b, dtype=torch.long, device=dev)), float("-inf"))
     k0 = min(w, lp.shape[1])
     scores, codes = lp.topk(k0, dim=1)
     if k0 < w:  # pad with dead beams
@@ -138,14 +145,14 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
         codes = torch.cat([codes, codes.new_zeros((b, w - k0))], dim=1)
     decoder.reorder(torch.zeros(b, w, dtype=torch.long, device=dev))
     scores, last = scores.reshape(-1), codes.reshape(-1)
-    alive = torch.isfinite(scores).cpu()
-    nodes = torch.where(alive, trie.step(0, torch.zeros(b * w, dtype=torch.long), last.cpu()), 0)
+    alive = torch.isfinite(scores)
+    nodes = torch.where(alive, trie.step(0, torch.zeros(b * w, dtype=torch.long, device=dev), last), 0)
 
     for level in range(1, trie.length):
         prev_lo, _ = vocab.slice(level - 1)
         lo, hi = vocab.slice(level)
         lp = decoder.step(last + prev_lo)[:, lo:hi]
-        lp = lp.masked_fill(~trie.allowed(level, nodes).to(dev), float("-inf"))
+        lp = lp.masked_fill(~trie.allowed(level, nodes), float("-inf"))
         k = lp.shape[1]
         cand = (scores.unsqueeze(1) + lp).view(b, w * k)
         scores, idx = cand.topk(min(w, w * k), dim=1)
@@ -159,13 +166,13 @@ def constrained_beam_search(model: T5ForConditionalGeneration, encoder_inputs: d
         scores = scores.reshape(-1)
         if level + 1 < trie.length:
             decoder.reorder(local)
-        alive = torch.isfinite(scores).cpu()
-        prev = torch.where(alive, nodes[parent.cpu()], 0)
+        alive = torch.isfinite(scores)
+        prev = torch.where(alive, nodes[parent], 0)
         # dead beams sit on node 0 of the next level with score -inf; they stay dead
-        nodes = torch.where(alive, trie.step(level, prev, torch.where(alive, last.cpu(), 0)), 0)
+        nodes = torch.where(alive, trie.step(level, prev, torch.where(alive, last, 0)), 0)
 
     items = torch.where(alive, trie.items(nodes), -1).view(b, w)
-    scores = scores.view(b, w).cpu()
+    scores = scores.view(b, w)
     if top_k <= w:
         return items[:, :top_k], scores[:, :top_k]
     return items, scores

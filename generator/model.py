@@ -107,8 +107,18 @@ class SIDCodec:
         # row N is the padding item (index -1 wraps to it)
         self.item_tokens = torch.from_numpy(np.concatenate([tokens, np.full((1, tokens.shape[1]), PAD)]))
 
+    @property
+    def device(self) -> torch.device:
+        return self.item_tokens.device
+
+    def to(self, device: str | torch.device) -> SIDCodec:
+        """Keep the item -> token table on `device` (in place, once), where lookups then index it."""
+        self.item_tokens = self.item_tokens.to(device)
+        return self
+
     def labels(self, targets: torch.Tensor) -> torch.Tensor:
-        return self.item_tokens[targets]
+        """Item rows (any device) -> their SID tokens (..., L), on the table's device."""
+        return self.item_tokens[targets.to(self.item_tokens.device)]
 
     @property
     def uses_users(self) -> bool:
@@ -121,9 +131,13 @@ class SIDCodec:
     def encoder_inputs(self, model: T5ForConditionalGeneration, histories: torch.Tensor,
                        users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """histories (B, H) item indices, -1 = padding; users (B,) user-token ids from `user_tokens`,
-        required when the vocabulary has user tokens (ignored otherwise) -> kwargs for the T5 encoder."""
+        required when the vocabulary has user tokens (ignored otherwise) -> kwargs for the T5 encoder,
+        on the model's device. The table moves to the model's device on first use and stays there."""
         dev = model.device
-        tok = self.item_tokens.to(dev)[histories.to(dev)]  # (B, H, L)
+        if self.item_tokens.device != dev:
+            self.to(dev)
+        histories = histories.to(dev)
+        tok = self.item_tokens[histories]  # (B, H, L)
         if self.uses_users:
             if users is None:
                 raise ValueError(f"this generator reads a hashed user token first (user_buckets="
@@ -135,7 +149,7 @@ class SIDCodec:
                 ids = torch.cat([users, ids], dim=1)
             return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
         embed = model.get_input_embeddings()
-        emb, mask = embed(tok).sum(dim=2), (histories.to(dev) >= 0).long()
+        emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
         if self.uses_users:
             emb, mask = torch.cat([embed(users), emb], dim=1), torch.cat([torch.ones_like(users), mask], dim=1)
         return {"inputs_embeds": emb, "attention_mask": mask}

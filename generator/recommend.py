@@ -15,6 +15,10 @@ from mmq_rec.generator.model import ITEMS_FILE, SIDCodec, load_generator
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import read_json
+from mmq_rec.tokenizer.training import resolve_device
+
+# weights' dtypes for decoding: bfloat16 is faster on GPUs; scores then differ in the last digits
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -27,6 +31,8 @@ class Recommendation:
 
 
 class Recommender:
+    """A generator with its SID table and prefix trie, all on one device (the model's; `to` moves them)."""
+
     def __init__(self, model, codec: SIDCodec, max_history: int = 20, titles: dict[str, str] | None = None):
         self.model = model.eval() if model is not None else None
         self.titles = titles or {}
@@ -34,14 +40,37 @@ class Recommender:
         self.max_history = max_history
         self.trie = PrefixTrie(codec.table.codes, codec.table.codebook_sizes)
         self._row = {iid: i for i, iid in enumerate(codec.table.item_ids)}
+        if model is not None:
+            self.to(model.device)
+        self.info: dict = {}  # what generator.json records beside the model config (split, dataset, ...)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None) -> Recommender:
-        model, codec, cfg, _ = load_generator(path)
-        if device:
-            model.to(device)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: str = "float32") -> Recommender:
+        """Load a trained generator onto `device` (cpu, cuda, cuda:N; None: CUDA when available),
+        its weights in `dtype` (float32 or bfloat16)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        model, codec, cfg, info = load_generator(path)
+        model.to(device=resolve_device(device), dtype=DTYPES[dtype])
         items = Path(path) / ITEMS_FILE
-        return cls(model, codec, cfg.max_history, read_json(items) if items.exists() else None)
+        rec = cls(model, codec, cfg.max_history, read_json(items) if items.exists() else None)
+        rec.info = info
+        return rec
+
+    @property
+    def device(self) -> torch.device:
+        return self.trie.device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Recommender:
+        """Move the model, the item -> token table and the trie to `device` (once: decoding then
+        copies nothing per batch but the histories), and cast the model's weights to `dtype`."""
+        if self.model is not None:
+            self.model.to(device=device, dtype=dtype)
+        if device is not None:
+            self.codec.to(device)
+            self.trie.to(device)
+        return self
 
     def histories_tensor(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """Right-aligned (B, max_history) item rows, -1 padded (older items beyond the cap are dropped)."""
@@ -62,14 +91,15 @@ class Recommender:
             if users is None or any(u is None for u in users):
                 raise DataError("this generator was trained with hashed user tokens: give each history its "
                                 "user id", field="user_id")
-            user_tokens = self.codec.user_tokens(users)
+            user_tokens = self.codec.user_tokens(users).to(self.model.device)
+        histories = histories.to(self.model.device)  # one transfer; the batches are slices of it
         items, scores = [], []
         for s in tqdm(range(0, len(histories), batch_size), desc="decode", disable=not show_progress):
             h = histories[s:s + batch_size]
             enc = self.codec.encoder_inputs(self.model, h, None if user_tokens is None else user_tokens[s:s + batch_size])
             it, sc = constrained_beam_search(self.model, enc, self.trie, self.codec.vocab, beam_width, k)
-            items.append(it.numpy())
-            scores.append(sc.numpy())
+            items.append(it.cpu().numpy())  # the batch's one read-back, after its whole search
+            scores.append(sc.cpu().numpy())
         return np.concatenate(items), np.concatenate(scores)
 
     def rows(self, item_ids: Sequence[str]) -> list[int]:

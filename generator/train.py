@@ -20,6 +20,7 @@ validation cadence so the schedule decays and validation runs several times insi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,13 +33,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, save_generator
 from mmq_rec.generator.objective import GeneratorLoss
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import atomic_dir, write_json
+from mmq_rec.tokenizer.training import make_accelerator, resolve_device
 
 STATE_FILE = "trainer_state.json"
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
@@ -159,20 +162,22 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                     model_cfg: GeneratorConfig, cfg: TrainConfig, output_dir: str | Path,
                     validate: Callable[[Any], dict[str, float]] | None = None,
                     show_progress: bool = True, extra_info: dict[str, Any] | None = None,
-                    titles: list[str] | None = None, train_users: torch.Tensor | None = None) -> dict[str, Any]:
+                    titles: list[str] | None = None, train_users: torch.Tensor | None = None,
+                    device: str | None = None) -> dict[str, Any]:
     """Train (or resume) and return the trainer state: steps, best step and metric, history, and
     the plan (total steps, warmup, validation cadence; derived from the measured step time when
     `cfg.max_minutes` is set). Rows: per-prefix histories (E, H) and targets (E,), or for the
     all-position objective windows (N, W) and targets (N, W) (`objective.all_position_windows`).
-    `train_users`: each row's user-token id, required when the codec has user tokens."""
+    `train_users`: each row's user-token id, required when the codec has user tokens. `device`:
+    cpu, cuda or cuda:N (None: CUDA when available; under `accelerate launch`, each process's GPU)."""
     if codec.uses_users and train_users is None:
         raise ValueError("the generator has hashed user tokens: pass train_users")
     out = Path(output_dir)
     mp = cfg.mixed_precision
     if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(
-        mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
+        mp = "bf16" if resolve_device(device).type == "cuda" else "no"
+    accelerator = make_accelerator(
+        device, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     set_seed(cfg.seed)
     model = build_model(codec.vocab, model_cfg)
@@ -200,6 +205,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
             accelerator.load_state(str(ckpt))
         except Exception as e:  # a damaged file raises anything from OSError to safetensors errors
             raise _damaged(ckpt, e) from None
+        _load_rng(ckpt, accelerator.process_index)
         state = saved
         plan.update(state["plan"])
         state["plan"] = plan
@@ -211,15 +217,20 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         """Validate, keep the best model, checkpoint; True when training should stop."""
         metrics = None
         t_eval = time.perf_counter()
-        if accelerator.is_main_process and validate is not None:
+        if validate is not None:
             model.eval()
-            metrics = validate(model)
+            if accelerator.num_processes > 1 and hasattr(validate, "shard"):
+                # every rank decodes its share of the validation users; rank 0 scores them all
+                parts = gather_object([validate.shard(model, accelerator.process_index, accelerator.num_processes)])
+                metrics = validate.combine(parts) if accelerator.is_main_process else None
+            elif accelerator.is_main_process:
+                metrics = validate(model)
             model.train()
         metrics = broadcast_object_list([metrics])[0]
         if metrics is not None:
             value = metrics[cfg.metric]
             improved = state["best_metric"] is None or value > state["best_metric"]
-            state["history"].append({"step": state["step"], **metrics})
+            state["history"].append({"step": state["step"], "lr": sched.get_last_lr()[0], **metrics})
             accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=state["step"])
             if improved:
                 state.update(best_metric=value, best_step=state["step"], bad_evals=0)
@@ -234,12 +245,16 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         stop = state["bad_evals"] >= cfg.patience or state["step"] >= plan["total_steps"] or out_of_time
         state["finished"] = stop
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            with atomic_dir(ckpt, "checkpoint") as tmp:
-                # tied embeddings make accelerate warn that it dropped shared tensors; they reload tied
-                logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-                accelerator.save_state(str(tmp), safe_serialization=True)
-                write_json(tmp / STATE_FILE, state)
+        # every rank saves its own state (its RNG streams) into the directory rank 0 makes atomic
+        with atomic_dir(ckpt, "checkpoint") if accelerator.is_main_process else contextlib.nullcontext() as tmp:
+            where = broadcast_object_list([str(tmp) if accelerator.is_main_process else None])[0]
+            # tied embeddings make accelerate warn that it dropped shared tensors; they reload tied
+            logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+            accelerator.save_state(where, safe_serialization=True)
+            _save_rng(Path(where), accelerator.process_index)  # accelerate writes rank 0's streams only
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_json(Path(where) / STATE_FILE, state)
         accelerator.wait_for_everyone()
         return stop
 
@@ -311,6 +326,24 @@ def _log(accelerator: Accelerator, message: str) -> None:
     """Progress goes to stderr (stdout is kept for results, e.g. `--json`)."""
     if accelerator.is_main_process:
         print(message, file=sys.stderr, flush=True)
+
+
+def _save_rng(directory: Path, rank: int) -> None:
+    """This rank's torch random streams (dropout masks), as safetensors (nothing pickled)."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    save_file(states, str(directory / f"rng_rank{rank}.safetensors"))
+
+
+def _load_rng(directory: Path, rank: int) -> None:
+    path = directory / f"rng_rank{rank}.safetensors"
+    if not path.exists():
+        return
+    states = load_file(str(path))
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 class _Shard:

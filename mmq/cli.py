@@ -221,7 +221,7 @@ def _positive_int(text: str) -> int:
 # Command-line flags that are shorthands for configuration keys: they are applied as overrides,
 # so the configuration validated, printed and stored with a run is the one used.
 FLAG_KEYS = {"dataset": "data.dataset", "tokenizer": "tokenize.tokenizer", "modalities": "encode.modalities",
-             "sid_table": "tokenize.external.path"}
+             "sid_table": "tokenize.external.path", "device": "device"}
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,11 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--overwrite", action="store_true",
                         help="replace an earlier output of MMQ-Rec at --output (never anything else)")
 
+    def device(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available, else the CPU; "
+                                         "the config key `device`)")
+
     sp = add("encode", _encode, "Build the modality embedding matrices of a dataset (cached).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--modalities", nargs="+", help="text attributes image collaborative or a stored feature name")
     sp.add_argument("--output", help="directory for <modality>.npy (default: DATASET/embeddings)")
     overwrite(sp)
+    device(sp)
 
     sp = add("tokenize", _tokenize, "Fit an item tokenizer and write the semantic-ID table with its quality numbers.")
     sp.add_argument("--dataset", help="prepared dataset directory")
@@ -283,16 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sid-table", help="external tokenizer: JSON table such as letter.index.json")
     sp.add_argument("--output", help="tokenizer directory to write (default: OUTPUT_DIR/tokenizer)")
     overwrite(sp)
+    device(sp)
 
     sp = add("train", _train, "Train the seq2seq generator on a dataset's training split (accelerate).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator); rerun to resume")
     overwrite(sp)
+    device(sp)
 
     sp = add("evaluate", _evaluate, "Evaluate a trained generator (full catalogue, per popularity bucket).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--model", required=True, help="generator directory (e.g. RUN/best)")
+    device(sp)
     sp.add_argument("--split", choices=("test", "valid"), default="test")
     sp.add_argument("--report", help="write REPORT.md and REPORT.json")
 
@@ -300,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "split, buckets and metrics as `evaluate`.")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--method", required=True, choices=("popularity", "knn"))
+    device(sp)
     sp.add_argument("--modality", help="knn: the modality to compare items in (default: the first of "
                                        "encode.modalities)")
     sp.add_argument("--split", choices=("test", "valid"), default="test")
@@ -307,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator.")
     sp.add_argument("--model", required=True, help="generator directory")
+    device(sp)
     sp.add_argument("--history", nargs="*", metavar="ITEM", help="item ids, oldest first")
     sp.add_argument("--user", help="the user's id (needed by a generator trained with hashed user tokens)")
     sp.add_argument("--users-file", help="JSON lines {\"user_id\": ..., \"history\": [item ids]}")
@@ -315,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
     sp.add_argument("--output", help="output directory (default: config output_dir, runs/demo)")
     overwrite(sp)
+    device(sp)
 
     add("config", _config, "Print the resolved configuration with its documentation.")
     return p

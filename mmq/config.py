@@ -28,6 +28,7 @@ import yaml
 
 from mmq_rec.eval.buckets import BucketConfig
 from mmq_rec.generator.model import GeneratorConfig
+from mmq_rec.generator.recommend import DTYPES
 from mmq_rec.generator.train import TrainConfig
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.synthetic import SyntheticConfig
@@ -40,6 +41,7 @@ from mmq_rec.tokenizer.encoders import (
     TextEncoderConfig,
 )
 from mmq_rec.tokenizer.mmq import MMQConfig
+from mmq_rec.tokenizer.training import resolve_device
 
 MODALITIES = ("text", "attributes", "image", "collaborative")
 
@@ -107,10 +109,15 @@ class DecodeConfig:
     """Users decoded together."""
     valid_users: int = 2000
     """Validation users decoded at each evaluation during training (a fixed random sample; 0 = all)."""
+    dtype: str = "float32"
+    """Weights' dtype when evaluating and recommending: float32, or bfloat16 (faster on GPUs; scores
+    differ in the last digits, so near-ties may swap). Validation during training decodes in float32."""
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "beam_width", "batch_size")
         _at_least(self, 0, "valid_users")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
 
 
 @dataclass
@@ -136,6 +143,10 @@ class Config:
     """Seed for every random choice (same seed + same data -> same results on CPU)."""
     output_dir: str = "runs/latest"
     """Where a command writes its artefacts and reports."""
+    device: str | None = None
+    """Where tokenizer training, generator training and decoding run: cpu, cuda or cuda:N (null: CUDA
+    when available, else the CPU); also the modality encoders' device unless encode.*.device is set.
+    Under `accelerate launch` each process uses its own GPU."""
     data: DataConfig = field(default_factory=DataConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
@@ -151,6 +162,8 @@ class Config:
             raise ValueError(f"seed: must be in [0, 2**32) (got {self.seed!r})")
         if not self.output_dir:
             raise ValueError("output_dir: must not be empty")
+        if self.device is not None:  # "device: ..." for a bad name or a GPU this machine lacks; "CUDA" -> "cuda"
+            self.device = str(resolve_device(self.device))
         ks = self.eval.ks
         # the validator reports recall@K / ndcg@K for K in eval.ks only
         k = int(self.train.metric.partition("@")[2])

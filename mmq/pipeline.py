@@ -12,6 +12,7 @@ themselves take arrays and datasets, never configuration files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -31,7 +32,7 @@ from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.eval.split import Split, SplitPart, cold_start_split, leave_one_out
 from mmq_rec.generator.model import SIDCodec
 from mmq_rec.generator.objective import all_position_windows
-from mmq_rec.generator.recommend import Recommendation, Recommender
+from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json
@@ -46,6 +47,7 @@ from mmq_rec.tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
+from mmq_rec.tokenizer.training import resolve_device
 
 BASELINES = ("popularity", "knn")
 # Cheap modalities are built first, so a modality that cannot be built fails before minutes of
@@ -96,7 +98,7 @@ def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, da
             if not any(texts):
                 raise DataError(f"no item has any of the text fields {cfg.encode.text.fields}",
                                 field="encode.text.fields")
-            out[name] = encode_texts(texts, cfg.encode.text, cache, show_progress)
+            out[name] = encode_texts(texts, _on_device(cfg.encode.text, cfg.device), cache, show_progress)
         elif name == "attributes":
             try:
                 out[name] = encode_attributes(ds.items, cfg.encode.attributes, cache)
@@ -104,12 +106,17 @@ def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, da
                 raise DataError(f"{e}; choose other modalities (e.g. --modalities text)",
                                 field="encode.modalities") from None
         elif name == "image":
-            out[name] = encode_images(ds.items[cfg.encode.image.field], cfg.encode.image, base_dir=dataset_dir,
-                                      cache=cache, show_progress=show_progress).embeddings
+            out[name] = encode_images(ds.items[cfg.encode.image.field], _on_device(cfg.encode.image, cfg.device),
+                                      base_dir=dataset_dir, cache=cache, show_progress=show_progress).embeddings
         else:  # collaborative
             split = split or make_split(ds, cfg)
             out[name] = encode_collaborative(split.train_sequences, ds.num_items, cfg.encode.collaborative, cache)
     return {name: out[name] for name in names}
+
+
+def _on_device(encoder_cfg: Any, device: str | None) -> Any:
+    """An encoder's settings with the top-level `device` where the encoder names none."""
+    return encoder_cfg if encoder_cfg.device or not device else dataclasses.replace(encoder_cfg, device=device)
 
 
 def make_tokenizer(cfg: Config, item_ids: list[str] | None = None):
@@ -156,19 +163,63 @@ def training_rows(split: Split, cfg: Config) -> tuple[np.ndarray, np.ndarray, np
     return split.train.histories, split.train.targets, split.train.users
 
 
-def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int,
-                   user_ids: list[str] | None = None):
-    """validate(model) -> Recall/NDCG@ks on the given validation users (the trie is built once)."""
-    rec = Recommender(None, codec, cfg.data.max_history)
+def split_settings(cfg: Config) -> dict[str, Any]:
+    """What decides the split: stored with every tokenizer and generator, checked where they are used."""
+    return {"max_history": cfg.data.max_history, "cold_start_fraction": cfg.eval.cold_start_fraction,
+            "seed": cfg.seed if cfg.eval.cold_start_fraction > 0 else None}
 
-    def validate(model) -> dict[str, float]:
-        rec.model = model.eval()
-        res = evaluate_rankings(rank_part(rec, valid, cfg, user_ids=user_ids), valid.targets, num_items,
-                                cfg.eval.ks)["all"]
+
+SPLIT_KEYS = {"max_history": "data.max_history", "cold_start_fraction": "eval.cold_start_fraction", "seed": "seed"}
+
+
+def check_split(stored: dict[str, Any] | None, cfg: Config, path: str | Path, what: str) -> None:
+    """Refuse to use an artefact under another split than the one it was made with (a cold-start
+    evaluation would otherwise score items the model trained on as cold). Artefacts from before
+    split settings were recorded (None) are taken as they are."""
+    if stored is None:
+        return
+    now = split_settings(cfg)
+    for key, setting in SPLIT_KEYS.items():
+        if stored.get(key) != now[key]:
+            raise DataError(f"this {what} was made with {setting} = {stored.get(key)!r}, this run has "
+                            f"{now[key]!r}: use the same split (--{setting} {stored.get(key)})", path=path,
+                            field=setting)
+
+
+class Validator:
+    """validate(model) -> Recall/NDCG@ks on a fixed set of validation users (the trie is built
+    once). Under several processes, `shard` decodes one process's share and `combine` scores
+    the gathered shares, so validation is split across ranks."""
+
+    def __init__(self, codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int,
+                 user_ids: list[str] | None = None):
+        self.rec = Recommender(None, codec, cfg.data.max_history)
+        self.valid, self.cfg, self.num_items, self.user_ids = valid, cfg, num_items, user_ids
+
+    def shard(self, model, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+        """(example indices, their top-K items) for this rank's share of the users."""
+        idx = np.arange(rank, len(self.valid), world)
+        part = SplitPart(self.valid.users[idx], self.valid.histories[idx], self.valid.targets[idx])
+        self.rec.model = model.eval()
+        items = rank_part(self.rec, part, self.cfg, user_ids=self.user_ids)
         model.train()
-        return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
+        return idx, items
 
-    return validate
+    def combine(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        k = max(self.cfg.eval.ks)
+        items = np.full((len(self.valid), k), -1, dtype=np.int64)
+        for idx, rows in parts:
+            items[idx] = rows
+        res = evaluate_rankings(items, self.valid.targets, self.num_items, self.cfg.eval.ks)["all"]
+        return {key: v for key, v in res.items() if key.startswith(("recall@", "ndcg@"))}
+
+    def __call__(self, model) -> dict[str, float]:
+        return self.combine([self.shard(model, 0, 1)])
+
+
+def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: int,
+                   user_ids: list[str] | None = None) -> Validator:
+    return Validator(codec, valid, cfg, num_items, user_ids)
 
 
 def is_main_process() -> bool:
@@ -229,7 +280,10 @@ class Pipeline:
             check_output(output, "tokenizer", overwrite=overwrite, inputs=(ds.meta.get("path"),))
         tokenizer = make_tokenizer(self.cfg, ds.item_ids())
         mods = {} if self.cfg.tokenize.tokenizer == "external" else self.modalities(ds)
-        result = tokenize(tokenizer, mods, ds.item_ids(), show_progress=self.show_progress)
+        result = tokenize(tokenizer, mods, ds.item_ids(), show_progress=self.show_progress, device=self.cfg.device)
+        # a tokenizer that read the collaborative modality saw one split's training data
+        result.quality["modalities"] = list(mods)
+        result.quality["split"] = split_settings(self.cfg)
         if output is not None and is_main_process():
             result.save_pretrained(output, overwrite=overwrite)
         return result
@@ -240,10 +294,13 @@ class Pipeline:
         """Train the generator on the training split, selecting on validation (a fixed sample of
         users). Rerunning with the same output directory resumes."""
         cfg = self.cfg
-        table = self.load_tokenization(tokenizer_dir).table
+        tok = self.load_tokenization(tokenizer_dir)
+        table = tok.table
         if table.item_ids != ds.item_ids():
             raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
                             path=tokenizer_dir)
+        if "collaborative" in tok.quality.get("modalities", []):
+            check_split(tok.quality.get("split"), cfg, tokenizer_dir, "tokenizer (its collaborative modality)")
         check_output(output, "generator-run", overwrite=overwrite, inputs=(ds.meta.get("path"), tokenizer_dir))
         fingerprint = self._run_fingerprint(ds, table)
         if not overwrite or _read_fingerprint(Path(output)) == fingerprint:
@@ -263,8 +320,9 @@ class Pipeline:
         state = train_generator(codec, torch.from_numpy(hist), torch.from_numpy(tgt),
                                 cfg.generator, cfg.train, output, validate, self.show_progress,
                                 extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
-                                            "valid_users": cfg.decode.valid_users}, titles=titles_of(ds),
-                                train_users=train_users)
+                                            "valid_users": cfg.decode.valid_users, "split": split_settings(cfg)},
+                                titles=titles_of(ds),
+                                train_users=train_users, device=cfg.device)
         return {"output": str(output), "best_model": str(Path(output) / "best"), "steps": state["step"],
                 "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
                 "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -285,9 +343,12 @@ class Pipeline:
     def load_tokenization(path: str | Path) -> Tokenization:
         return _load_artefact(Tokenization.from_pretrained, path, "tokenizer", "mmq tokenize")
 
-    @staticmethod
-    def recommender(model_dir: str | Path) -> Recommender:
-        return _load_artefact(Recommender.from_pretrained, model_dir, "generator", "mmq train")
+    def recommender(self, model_dir: str | Path) -> Recommender:
+        """A trained generator on the configured device, in `decode.dtype` (read on the CPU first, so
+        that only reading can be reported as a damaged directory)."""
+        rec = _load_artefact(lambda p: Recommender.from_pretrained(p, device="cpu"), model_dir, "generator",
+                             "mmq train")
+        return rec.to(resolve_device(self.cfg.device), DTYPES[self.cfg.decode.dtype])
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, ds: RecDataset, split_name: str, rank: Callable[[SplitPart], np.ndarray]) -> dict[str, Any]:
@@ -308,9 +369,11 @@ class Pipeline:
         rec = self.recommender(model_dir)
         if rec.codec.table.item_ids != ds.item_ids():
             raise DataError("the model's SID table does not match the dataset's items", path=model_dir)
+        check_split(rec.info.get("split"), self.cfg, model_dir, "generator")
         out = self._evaluate(ds, split_name, lambda part: rank_part(rec, part, self.cfg, self.show_progress,
                                                                      ds.user_ids()))
-        return {**out, "beam_width": self.cfg.decode.beam_width, "device": str(rec.model.device)}
+        return {**out, "beam_width": self.cfg.decode.beam_width, "device": str(rec.model.device),
+                "dtype": self.cfg.decode.dtype}
 
     def baseline(self, ds: RecDataset, method: str, split_name: str = "test",
                  modality: str | None = None) -> dict[str, Any]:

@@ -59,10 +59,11 @@ def reconstruction_loss(tokenizer: ItemTokenizer, modalities: Modalities) -> dic
 
 
 def tokenize(tokenizer: ItemTokenizer, modalities: Modalities, item_ids: Sequence[str],
-             show_progress: bool = True, accelerator=None) -> Tokenization:
-    """Fit, encode every item, make SIDs unique, and compute the quality numbers."""
+             show_progress: bool = True, accelerator=None, device: str | None = None) -> Tokenization:
+    """Fit (trained tokenizers on `accelerator`, else on `device`; None: CUDA when available),
+    encode every item, make SIDs unique, and compute the quality numbers."""
     t0 = time.perf_counter()
-    tokenizer.fit(modalities, show_progress=show_progress, accelerator=accelerator)
+    tokenizer.fit(modalities, show_progress=show_progress, accelerator=accelerator, device=device)
     codes = tokenizer.encode(modalities)
     wall = time.perf_counter() - t0
     if len(codes) != len(item_ids):

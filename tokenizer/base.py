@@ -96,7 +96,10 @@ class ItemTokenizer(ABC):
         self.standardizer: Standardizer | None = None
 
     @abstractmethod
-    def fit(self, modalities: Modalities, show_progress: bool = True) -> ItemTokenizer: ...
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator: Any = None,
+            device: str | torch.device | None = None) -> ItemTokenizer:
+        """Fit on the items' modalities. Trained tokenizers run on `accelerator`, else on `device`
+        (None: CUDA when available); the others ignore both."""
 
     @abstractmethod
     def encode(self, modalities: Modalities) -> np.ndarray:

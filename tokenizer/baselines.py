@@ -125,7 +125,10 @@ class RQVAETokenizer(ItemTokenizer):
     def config_from_dict(cls, cfg: Any) -> RQVAEConfig:
         return RQVAEConfig(**(cfg or {}))
 
-    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RQVAETokenizer:
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None,
+            device: str | torch.device | None = None) -> RQVAETokenizer:
+        """Train on `accelerator`, else on `device` (None: CUDA when available); k-means init runs
+        before, on the CPU; the fitted models are kept on the CPU."""
         cfg = self.config
         groups = _groups(cfg.mode, self._fit_inputs(modalities))
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -137,17 +140,20 @@ class RQVAETokenizer(ItemTokenizer):
                 with torch.no_grad():
                     init_residual_kmeans(model.quantizer, model.encoder(xt), cfg.seed + 1000 * gi)
 
-            def end(m: RQVAE, epoch: int, xt=xt) -> dict[str, float]:
+            on_device: list[torch.Tensor] = []  # this group's inputs on the training device, moved once
+
+            def end(m: RQVAE, epoch: int, xt=xt, on_device=on_device) -> dict[str, float]:
                 if not cfg.dead_code_restart or epoch == cfg.epochs - 1:
                     return {}
                 with torch.no_grad():
-                    dev = next(m.parameters()).device
-                    z = m.encoder(xt.to(dev)).cpu()
+                    if not on_device:
+                        on_device.append(xt.to(next(m.parameters()).device))
+                    z = m.encoder(on_device[0])
                 return {"restarted_codes": float(restart_dead(m.quantizer, z, gen))}
 
             log = train_model(model, [xt], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                               seed=cfg.seed + gi, accelerator=accelerator, on_epoch_end=end,
-                              desc=f"rqvae[{name}]", show_progress=show_progress)
+                              desc=f"rqvae[{name}]", show_progress=show_progress, device=device)
             self._log += [{"group": name, **row} for row in log]
             self.models[name] = model.cpu().eval()
         return self
@@ -215,7 +221,8 @@ class RQKMeansTokenizer(ItemTokenizer):
     def config_from_dict(cls, cfg: Any) -> RQKMeansConfig:
         return RQKMeansConfig(**(cfg or {}))
 
-    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RQKMeansTokenizer:
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None,
+            device: str | torch.device | None = None) -> RQKMeansTokenizer:
         cfg = self.config
         for gi, (name, x) in enumerate(_groups(cfg.mode, self._fit_inputs(modalities)).items()):
             _, books = residual_kmeans(x, cfg.levels, cfg.codebook_size, seed=cfg.seed + 100 * gi, niter=cfg.niter)
@@ -280,7 +287,8 @@ class RandomTokenizer(ItemTokenizer):
     def config_from_dict(cls, cfg: Any) -> RandomConfig:
         return RandomConfig(**(cfg or {}))
 
-    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> RandomTokenizer:
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None,
+            device: str | torch.device | None = None) -> RandomTokenizer:
         n = len(next(iter(modalities.values())))
         self._fit_inputs(modalities)
         rng = np.random.default_rng(self.config.seed)
@@ -327,7 +335,8 @@ class ExternalTokenizer(ItemTokenizer):
     def config_from_dict(cls, cfg: Any) -> ExternalConfig:
         return ExternalConfig(**(cfg or {}))
 
-    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> ExternalTokenizer:
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None,
+            device: str | torch.device | None = None) -> ExternalTokenizer:
         path = Path(self.config.path)
         if self.item_ids is None:
             raise ValueError("ExternalTokenizer needs the dataset's item ids")

@@ -184,7 +184,10 @@ class MMQTokenizer(ItemTokenizer):
     def _tensors(self, std: dict[str, np.ndarray]) -> list[torch.Tensor]:
         return [torch.from_numpy(std[m]) for m in self.modality_dims]
 
-    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None) -> MMQTokenizer:
+    def fit(self, modalities: Modalities, show_progress: bool = True, accelerator=None,
+            device: str | torch.device | None = None) -> MMQTokenizer:
+        """Train on `accelerator`, else on `device` (None: CUDA when available); k-means init runs
+        before, on the CPU; the fitted model is kept on the CPU."""
         cfg = self.config
         std = self._fit_inputs(modalities)
         torch.manual_seed(cfg.seed)
@@ -196,18 +199,22 @@ class MMQTokenizer(ItemTokenizer):
                 for i, (q, z) in enumerate(zip(self.model.quantizers, self.model.expert_latents(xs), strict=True)):
                     init_residual_kmeans(q, z, cfg.seed + 1000 * i)
 
+        on_device: list[torch.Tensor] = []  # the catalogue on the training device, moved once
+
         def end_of_epoch(model: MMQModel, epoch: int) -> dict[str, float]:
             if not cfg.dead_code_restart or epoch == cfg.epochs - 1:
                 return {}
             with torch.no_grad():
-                dev = next(model.parameters()).device
-                lat = model.expert_latents([x.to(dev) for x in xs])
-                restarted = sum(restart_dead(q, z.cpu(), gen) for q, z in zip(model.quantizers, lat, strict=True))
+                if not on_device:
+                    dev = next(model.parameters()).device
+                    on_device.extend(x.to(dev) for x in xs)
+                lat = model.expert_latents(on_device)
+                restarted = sum(restart_dead(q, z, gen) for q, z in zip(model.quantizers, lat, strict=True))
             return {"restarted_codes": float(restarted)}
 
         self._log = train_model(self.model, xs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                 seed=cfg.seed, weight_decay=cfg.weight_decay, accelerator=accelerator,
-                                on_epoch_end=end_of_epoch, desc="mmq", show_progress=show_progress)
+                                on_epoch_end=end_of_epoch, desc="mmq", show_progress=show_progress, device=device)
         self.model.cpu().eval()
         return self
 
@@ -254,15 +261,17 @@ class MMQTokenizer(ItemTokenizer):
 
 @torch.no_grad()
 def init_residual_kmeans(rq: ResidualQuantizer, z: torch.Tensor, seed: int) -> None:
-    """k-means (spherical for cosine levels) on the expert's outputs, level by level on residuals."""
+    """k-means (spherical for cosine levels) on the expert's outputs, level by level on residuals.
+    faiss runs on the host: `z` may live on any device, the centroids are copied back to the codebook's."""
     residual = rq.levels[0].prepare(z)
     for d, level in enumerate(rq.levels):
-        level.init_from(kmeans(residual.numpy(), level.size, seed=seed + d, spherical=level.distance == "cosine"))
+        level.init_from(kmeans(residual.cpu().numpy(), level.size, seed=seed + d, spherical=level.distance == "cosine"))
         residual = residual - level.codewords()[level.scores(residual).argmax(-1)]
 
 
 @torch.no_grad()
 def restart_dead(rq: ResidualQuantizer, z: torch.Tensor, gen: torch.Generator) -> int:
+    """Restart the dead codewords of every level; `z` on the quantizer's device, `gen` a CPU generator."""
     residual = rq.levels[0].prepare(z)
     restarted = 0
     for level in rq.levels:

@@ -53,17 +53,22 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def init_from(self, centroids: np.ndarray) -> None:
+        """Set the codewords from host centroids (copied onto the codebook's device)."""
         self.weight.copy_(torch.from_numpy(np.asarray(centroids, dtype=np.float32)))
 
     @torch.no_grad()
     def restart_dead(self, z: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> int:
-        """Move codewords used by no item onto randomly chosen current inputs (plus a little noise)."""
+        """Move codewords used by no item onto randomly chosen current inputs (plus a little noise).
+        `z` and `counts` live on the codebook's device; `generator` is a CPU generator: the picks
+        and the noise are drawn on the CPU whatever the device (a CPU run stays bit-identical, and
+        a GPU run draws the same numbers) and then moved there."""
         dead = torch.nonzero(counts == 0).flatten()
         if len(dead) == 0 or len(z) == 0:
             return 0
-        pick = torch.randint(0, len(z), (len(dead),), generator=generator)
+        pick = torch.randint(0, len(z), (len(dead),), generator=generator).to(z.device)
         zp = self.prepare(z[pick])
-        noise = torch.randn(zp.shape, generator=generator) * 0.01 * zp.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        noise = torch.randn(zp.shape, generator=generator).to(zp.device) * 0.01 * \
+            zp.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         self.weight[dead] = zp + noise
         return len(dead)
 
