@@ -84,12 +84,14 @@ def write_report(path: str | Path, title: str, results: Mapping[str, Mapping[str
     """Write `<path>.md` and `<path>.json` atomically; returns both paths. An existing pair is
     replaced only if its JSON is an earlier report of ours: a user's files are never overwritten."""
     path = Path(path)
-    _check_replaceable(path.with_suffix(".md"), path.with_suffix(".json"))
+    if path.suffix in (".md", ".json"):  # `--report out.md` means the pair out.md / out.json
+        path = path.with_suffix("")
+    _check_replaceable(path.with_name(path.name + ".md"), path.with_name(path.name + ".json"))
     groups = [g for g in BUCKET_TITLES if any(g in r for r in results.values())]
     parts = [f"# {title}", preamble.strip()] if preamble.strip() else [f"# {title}"]
     for g in groups:
         parts += [f"## {BUCKET_TITLES[g]}", metrics_table(results, g, ks)]
-    md, js = path.with_suffix(".md"), path.with_suffix(".json")
+    md, js = path.with_name(path.name + ".md"), path.with_name(path.name + ".json")  # `r.seed1` keeps its dot
     write_text(md, "\n\n".join(parts) + "\n")
     write_json(js, {"title": title, "ks": list(ks), "results": results, **(extra or {}), "generated_by": GENERATED_BY})
     return md, js

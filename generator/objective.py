@@ -54,20 +54,26 @@ def encode(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Te
 def all_position_windows(train_sequences: Sequence[np.ndarray], max_history: int
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user training sequences -> (inputs (N, W), targets (N, W), user (N,)), right-aligned
-    and -1 padded, W = max_history. targets[n, t] is the item after inputs[n, t]. A sequence
-    longer than W + 1 becomes several windows ending at its last item, each target in exactly
-    one window (the first targets of an earlier window then see fewer than W items)."""
+    and -1 padded, W = max_history. targets[n, t] is the item after inputs[n, t]; every training
+    target appears in exactly one window. A sequence longer than W + 1 becomes overlapping
+    windows W // 2 apart, ending at its last item; each keeps the targets of its last W // 2
+    positions (the earliest window keeps all of its own), so every target sees at least
+    W - W // 2 items of history, or all it has."""
     w = max_history
+    stride = max(1, w // 2)
     rows_in, rows_tg, users = [], [], []
     for u, seq in enumerate(train_sequences):
         seq = np.asarray(seq, dtype=np.int64)
-        end = len(seq) - 1  # targets are seq[1:]
+        end = len(seq) - 1  # index of the window's last target; targets are seq[1:]
         while end >= 1:
-            start = max(0, end - w)
+            start = max(0, end - w)  # inputs seq[start:end], targets seq[start + 1:end + 1]
+            tg = seq[start + 1:end + 1].copy()
+            if start > 0:  # a later window starts here: keep only this window's last `stride` targets
+                tg[: len(tg) - stride] = -1
             rows_in.append(seq[start:end])
-            rows_tg.append(seq[start + 1:end + 1])
+            rows_tg.append(tg)
             users.append(u)
-            end = start
+            end = end - stride if start > 0 else 0
     inputs = np.full((len(rows_in), w), -1, dtype=np.int64)
     targets = np.full((len(rows_in), w), -1, dtype=np.int64)
     for r, (a, b) in enumerate(zip(rows_in, rows_tg, strict=True)):

@@ -100,6 +100,8 @@ class Recommender:
             it, sc = constrained_beam_search(self.model, enc, self.trie, self.codec.vocab, beam_width, k)
             items.append(it.cpu().numpy())  # the batch's one read-back, after its whole search
             scores.append(sc.cpu().numpy())
+        if not items:  # no histories (e.g. one process's empty share of the validation users)
+            return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         return np.concatenate(items), np.concatenate(scores)
 
     def rows(self, item_ids: Sequence[str]) -> list[int]:

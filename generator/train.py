@@ -33,7 +33,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -116,12 +122,14 @@ def initial_plan(cfg: TrainConfig) -> dict[str, Any]:
             "eval_from": 0, "calibrated": cfg.max_minutes <= 0}
 
 
-def budget_plan(cfg: TrainConfig, step: int, seconds: float, eval_seconds: float) -> dict[str, Any]:
-    """Lay out the rest of a `max_minutes` run from the measured cost of a step and of a validation:
-    as many steps as fit in the remaining time beside ~5 validations (at least 3), warmup at most
-    a tenth of the run, and the decay ending at the last step. Never more than `max_steps`."""
-    per_step = seconds / max(step, 1)
-    remaining = 60 * cfg.max_minutes - seconds
+def budget_plan(cfg: TrainConfig, step: int, step_seconds: float, elapsed: float, eval_seconds: float
+                ) -> dict[str, Any]:
+    """Lay out the rest of a `max_minutes` run from the measured cost of a step (`step_seconds`
+    for the first `step` steps, validation excluded) and of a validation: as many steps as fit in
+    the time left after `elapsed` beside ~5 validations (at least 3), warmup at most a tenth of the
+    run, and the decay ending at the last step. Never more than `max_steps`."""
+    per_step = step_seconds / max(step, 1)
+    remaining = 60 * cfg.max_minutes - elapsed
     n_evals = 5
     steps_left = int((remaining - n_evals * eval_seconds) / per_step)
     if steps_left < 5 * n_evals:  # validation dominates: validate less often
@@ -178,7 +186,10 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         mp = "bf16" if resolve_device(device).type == "cuda" else "no"
     accelerator = make_accelerator(
         device, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # the item -> token table is a buffer every rank builds identically: no per-step broadcast
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator.wait_for_everyone()  # rank 0 has checked, claimed and fingerprinted the run directory
     set_seed(cfg.seed)
     model = build_model(codec.vocab, model_cfg)
     net = GeneratorLoss(model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users)
@@ -213,8 +224,9 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     if state["finished"]:
         return state
 
-    def evaluate_and_checkpoint(out_of_time: bool) -> bool:
-        """Validate, keep the best model, checkpoint; True when training should stop."""
+    def evaluate_and_checkpoint(out_of_time: bool, calibrate: bool = False) -> bool:
+        """Validate, keep the best model, (calibrate: lay out the budgeted run,) checkpoint; True
+        when training should stop."""
         metrics = None
         t_eval = time.perf_counter()
         if validate is not None:
@@ -242,6 +254,15 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
             _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "
                               f"(best {state['best_metric']:.4f} at {state['best_step']})")
         state["eval_seconds"] = time.perf_counter() - t_eval
+        if calibrate:  # before the checkpoint, so that a resumed run continues this very plan
+            new = budget_plan(cfg, state["step"], state["train_seconds"], time.perf_counter() - t0,
+                              state["eval_seconds"])
+            plan.update(broadcast_object_list([new])[0])
+            bar.total = plan["total_steps"]
+            bar.refresh()
+            _log(accelerator, f"time budget {cfg.max_minutes} min: {plan['total_steps']} steps, warmup "
+                              f"{plan['warmup_steps']}, validation every {plan['eval_every']} steps "
+                              f"({plan['seconds_per_step']} s/step, {plan['seconds_per_validation']} s/validation)")
         stop = state["bad_evals"] >= cfg.patience or state["step"] >= plan["total_steps"] or out_of_time
         state["finished"] = stop
         accelerator.wait_for_everyone()
@@ -290,21 +311,13 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 running, n_running = torch.zeros_like(running), 0
             state["train_seconds"] = time.perf_counter() - t0
             # the clock is rank 0's: every rank takes the same time decisions, or collectives hang
-            out_of_time = _main_decides(accelerator, cfg.max_minutes > 0
-                                        and state["train_seconds"] >= 60 * cfg.max_minutes)
+            out_of_time = cfg.max_minutes > 0 and _main_decides(
+                accelerator, state["train_seconds"] >= 60 * cfg.max_minutes)
             calibrate = not plan["calibrated"] and _main_decides(
                 accelerator, _calibration_due(cfg, state["step"], state["train_seconds"]))
             if calibrate or out_of_time or state["step"] >= plan["total_steps"] or \
                     (state["step"] - plan["eval_from"]) % plan["eval_every"] == 0:
-                stop = evaluate_and_checkpoint(out_of_time)
-                if calibrate and not stop:
-                    new = budget_plan(cfg, state["step"], time.perf_counter() - t0, state["eval_seconds"])
-                    plan.update(broadcast_object_list([new])[0])
-                    bar.total = plan["total_steps"]
-                    bar.refresh()
-                    _log(accelerator, f"time budget {cfg.max_minutes} min: {plan['total_steps']} steps, warmup "
-                                      f"{plan['warmup_steps']}, validation every {plan['eval_every']} steps "
-                                      f"({plan['seconds_per_step']} s/step, {plan['seconds_per_validation']} s/validation)")
+                stop = evaluate_and_checkpoint(out_of_time, calibrate and not out_of_time)
                 if stop:
                     break
         else:
@@ -355,7 +368,7 @@ class _Shard:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.per_rank = n // world
         if self.per_rank == 0:
-            raise ValueError(f"{n} training rows cannot be shared by {world} processes")
+            raise DataError(f"{n} training rows cannot be shared by {world} processes")
         self.batches = math.ceil(self.per_rank / batch_size)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:

@@ -21,8 +21,9 @@ def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq_rec.recdata.io import check_output
 
     # Refuse a bad output or feature name before the (slow) load, and before anything is written.
-    check_output(args.output, "dataset", overwrite=args.overwrite, inputs=(args.input, args.meta))
-    loaders.parse_feature_specs(args.features or [])
+    features = loaders.parse_feature_specs(args.features or [])
+    check_output(args.output, "dataset", overwrite=args.overwrite,
+                 inputs=(args.input, args.meta, *(path for _, path in features)))
     kw = {"drop_unknown": args.drop_unknown, "name": args.name, "min_rating": args.min_rating,
           "drop_repeats": args.drop_repeats}
     if args.format.startswith("amazon"):
@@ -74,7 +75,7 @@ def _encode(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     ds = pipe.dataset()
     out = Path(args.output or Path(ds.meta["path"]) / "embeddings")
-    check_output(out, "embeddings", overwrite=args.overwrite, inputs=(ds.meta["path"],))
+    check_output(out, "embeddings", overwrite=args.overwrite, inputs=(ds.meta["path"],), replaces=False)
     t0 = time.perf_counter()
     mats = pipe.modalities(ds)
     claim_dir(out, "embeddings", overwrite=args.overwrite, inputs=(ds.meta["path"],))

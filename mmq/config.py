@@ -186,6 +186,8 @@ DERIVED = {
     "tokenize.rqvae.seed": "seed",
     "tokenize.rqkmeans.seed": "seed",
     "tokenize.random.seed": "seed",
+    "encode.attributes.seed": "seed",
+    "encode.collaborative.seed": "seed",
     "generator.max_history": "data.max_history",
 }
 
@@ -386,6 +388,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise DataError("config file not found", path=path) from None
+        except UnicodeDecodeError:
+            raise DataError("not UTF-8 text (save the YAML file as UTF-8)", path=path) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise DataError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,

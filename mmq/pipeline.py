@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmq_rec.config import MODALITIES, Config, load_config, to_dict
+from mmq_rec.config import MODALITIES, Config, load_config, to_dict, to_yaml
 from mmq_rec.eval.baselines import knn_rankings, popularity_rankings
 from mmq_rec.eval.buckets import PopularityBuckets, popularity_buckets
 from mmq_rec.eval.metrics import evaluate_rankings
@@ -35,7 +35,7 @@ from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.recdata.errors import DataError
-from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json
+from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json, write_text
 from mmq_rec.recdata.schema import RecDataset
 from mmq_rec.tokenizer.api import TOKENIZERS, Tokenization, tokenize
 from mmq_rec.tokenizer.baselines import ExternalTokenizer
@@ -110,7 +110,10 @@ def build_modalities(ds: RecDataset, cfg: Config, split: Split | None = None, da
                                       base_dir=dataset_dir, cache=cache, show_progress=show_progress).embeddings
         else:  # collaborative
             split = split or make_split(ds, cfg)
-            out[name] = encode_collaborative(split.train_sequences, ds.num_items, cfg.encode.collaborative, cache)
+            try:
+                out[name] = encode_collaborative(split.train_sequences, ds.num_items, cfg.encode.collaborative, cache)
+            except ValueError as e:
+                raise DataError(f"{e}; choose other modalities", field="encode.modalities") from None
     return {name: out[name] for name in names}
 
 
@@ -277,7 +280,8 @@ class Pipeline:
         """Build the modalities (none for an external table), fit the tokenizer, build the SID
         table and, when `output` is given, save it there (checked before any work is done)."""
         if output is not None:
-            check_output(output, "tokenizer", overwrite=overwrite, inputs=(ds.meta.get("path"),))
+            external = self.cfg.tokenize.external.path if self.cfg.tokenize.tokenizer == "external" else None
+            check_output(output, "tokenizer", overwrite=overwrite, inputs=(ds.meta.get("path"), external))
         tokenizer = make_tokenizer(self.cfg, ds.item_ids())
         mods = {} if self.cfg.tokenize.tokenizer == "external" else self.modalities(ds)
         result = tokenize(tokenizer, mods, ds.item_ids(), show_progress=self.show_progress, device=self.cfg.device)
@@ -301,14 +305,16 @@ class Pipeline:
                             path=tokenizer_dir)
         if "collaborative" in tok.quality.get("modalities", []):
             check_split(tok.quality.get("split"), cfg, tokenizer_dir, "tokenizer (its collaborative modality)")
-        check_output(output, "generator-run", overwrite=overwrite, inputs=(ds.meta.get("path"), tokenizer_dir))
-        fingerprint = self._run_fingerprint(ds, table)
-        if not overwrite or _read_fingerprint(Path(output)) == fingerprint:
-            read_checkpoint_state(output)  # a damaged checkpoint stops the run before anything is written
-        claim_dir(output, "generator-run", overwrite=overwrite, inputs=(ds.meta.get("path"), tokenizer_dir))
-        if is_main_process():
-            _check_run_fingerprint(Path(output), fingerprint, overwrite)
-            write_json(Path(output) / "config.json", to_dict(cfg))
+        if is_main_process():  # the other ranks wait for this at the start of training
+            inputs = (ds.meta.get("path"), tokenizer_dir)
+            check_output(output, "generator-run", overwrite=overwrite, inputs=inputs, replaces=False)
+            fingerprint = self._run_fingerprint(ds, table)
+            if not overwrite:
+                read_checkpoint_state(output)  # a damaged checkpoint stops the run before anything is written
+                _check_run_fingerprint(Path(output), fingerprint)
+            claim_dir(output, "generator-run", overwrite=overwrite, inputs=inputs)
+            _start_run(Path(output), fingerprint, fresh=overwrite)
+            write_text(Path(output) / "config.yaml", to_yaml(cfg) + "\n")
         split = self.split(ds)
         codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
         user_ids = ds.user_ids()
@@ -331,11 +337,15 @@ class Pipeline:
     def _run_fingerprint(self, ds: RecDataset, table) -> dict[str, Any]:
         """What a training run's results depend on: a rerun with any of it changed is another run."""
         c = to_dict(self.cfg)
+        import os
+
         return {"seed": c["seed"], "data": {"max_history": c["data"]["max_history"]},
+                "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": c.get("device"),
                 "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
                 "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
                 "dataset": {"items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions,
-                            "sequences": _digest(np.concatenate(ds.sequences()).tobytes())},
+                            "sequences": _digest(np.concatenate(ds.sequences()).tobytes()
+                                                 + np.array([len(q) for q in ds.sequences()]).tobytes())},
                 "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
 
     # ------------------------------------------------------------------ loading artefacts
@@ -415,25 +425,33 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _read_fingerprint(run: Path) -> dict[str, Any] | None:
     path = run / "fingerprint.json"
-    return read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except DataError as e:
+        raise DataError(f"{e.reason}; rerun with --overwrite to start the run afresh", path=path) from None
 
 
-def _check_run_fingerprint(run: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+def _check_run_fingerprint(run: Path, fingerprint: dict[str, Any]) -> None:
     """A run directory trained under other settings, data or SIDs is never resumed as if it were
-    this run: stop with the differences, or (`overwrite`) clear its training state first."""
-    path = run / "fingerprint.json"
+    this run: stop with the differences (`--overwrite` starts it afresh instead)."""
     old = _read_fingerprint(run)
     if old is not None and old != fingerprint:
         a, b = _flat(old), _flat(fingerprint)
         diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        if not overwrite:
-            raise DataError(f"holds a run with other settings or data (differs in: {', '.join(diff[:8])}); "
-                            "choose another --output, or --overwrite to start it afresh", path=run)
-    if old != fingerprint:
+        raise DataError(f"holds a run with other settings or data (differs in: {', '.join(diff[:8])}); "
+                        "choose another --output, or --overwrite to start it afresh", path=run)
+
+
+def _start_run(run: Path, fingerprint: dict[str, Any], fresh: bool) -> None:
+    """Record the run's fingerprint; `fresh` (or a run directory without one) clears any training
+    state of ours first, so nothing of an earlier run is resumed."""
+    if fresh or not (run / "fingerprint.json").exists():
         for sub in ("checkpoint", "best", "logs"):
             if (run / sub).is_dir():
                 shutil.rmtree(run / sub)
-        write_json(path, fingerprint)
+    write_json(run / "fingerprint.json", fingerprint)
 
 
 def _load_artefact(load: Callable[[Any], Any], path: str | Path, what: str, command: str) -> Any:

@@ -59,6 +59,10 @@ def read_json(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text (save it as UTF-8 JSON)", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot read it ({e.strerror or e})", path=path) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -104,38 +108,49 @@ def _pid_alive(pid: int) -> bool:
 
 def sweep_stale(path: str | Path) -> list[Path]:
     """Remove the temporary siblings (`.NAME.<pid>.*.tmp`, `.NAME.old-<pid>`) that a killed run
-    left beside `path`; those of a process still alive are kept. Returns what was removed."""
+    left beside `path`; those of a process still alive are kept. An `.old` sibling whose output is
+    missing (a kill between the two renames of `atomic_dir`) is put back instead. Returns the
+    siblings it removed or restored."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
     prefix = f".{path.name}."
-    for p in path.parent.iterdir():
+    for p in sorted(path.parent.iterdir()):
         if not p.name.startswith(prefix):
             continue
-        rest = p.name[len(prefix):]
+        parts = p.name[len(prefix):].split(".")
         pid = None
-        if rest.endswith(".tmp") and rest.split(".")[0].isdigit():
-            pid = int(rest.split(".")[0])
-        elif rest.startswith("old-") and rest[4:].isdigit():
-            pid = int(rest[4:])
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        # exactly `<pid>.<random>.tmp` (mkstemp/mkdtemp names have no dots) or `old-<pid>`, so a
+        # sibling named `NAME.<digits>` is never taken for one of ours
+        if len(parts) == 3 and parts[2] == "tmp" and parts[0].isdigit():
+            pid = int(parts[0])
+        elif len(parts) == 1 and parts[0].startswith("old-") and parts[0][4:].isdigit():
+            pid = int(parts[0][4:])
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        if parts[0].startswith("old-") and not path.exists():
+            os.replace(p, path)  # killed between the two renames: the old output is the only copy
             removed.append(p)
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
     return removed
 
 
 def check_output(path: str | Path, kind: str, *, overwrite: bool = False,
-                 inputs: tuple[str | Path | None, ...] = (), option: str = "output") -> Path:
+                 inputs: tuple[str | Path | None, ...] = (), option: str = "output", replaces: bool = True) -> Path:
     """Refuse an output path that would destroy something that is not ours to replace.
 
     Allowed: a path that does not exist, an empty directory, a directory that an earlier run
     wrote for the same `kind` (recognised by its marker), and, with `overwrite`, any directory
     of ours. Never allowed: a file, a non-empty directory without our marker, or a path that is
-    (or contains) one of `inputs`. Raises DataError naming the path and `option`."""
+    (or contains) one of `inputs`. `replaces`: the output will be replaced whole (`atomic_dir`),
+    so other outputs of ours nested inside it need `overwrite` too; an output filled in place
+    (`claim_dir`) keeps what it holds. Raises DataError naming the path and `option`."""
     from mmq_rec.recdata.errors import DataError
 
     path = Path(path)
@@ -161,14 +176,23 @@ def check_output(path: str | Path, kind: str, *, overwrite: bool = False,
     if marker["kind"] != kind and not overwrite:
         raise DataError(f"holds an earlier MMQ-Rec output of another kind ({marker['kind']}), not a {kind}; "
                         f"pass --overwrite to replace it", path=path, field=option)
+    if replaces and not overwrite:
+        nested = [p.parent for p in path.rglob(MARKER) if p.parent != path]
+        if nested:
+            raise DataError(f"holds other MMQ-Rec outputs inside it ({nested[0]}) that replacing it would "
+                            f"delete; move them, choose another --{option}, or pass --overwrite", path=path,
+                            field=option)
     return path
 
 
 def claim_dir(path: str | Path, kind: str, **check: Any) -> Path:
     """Check `path` as an output (see `check_output`) and mark it as ours, creating it if needed.
     For outputs that are filled in place over time (a training run directory)."""
-    path = check_output(path, kind, **check)
+    path = check_output(path, kind, replaces=False, **check)
     sweep_stale(path)
+    marker = read_marker(path) if path.is_dir() else None
+    if marker is not None and marker["kind"] != kind:  # --overwrite of another output of ours
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     if read_marker(path) is None or read_marker(path)["kind"] != kind:
         write_json(path / MARKER, {"kind": kind, "written_by": "mmq-rec"})
@@ -197,7 +221,12 @@ def atomic_dir(path: str | Path, kind: str = "artefact", *, overwrite: bool = Fa
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)  # put the old output back rather than lose both
+            raise
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

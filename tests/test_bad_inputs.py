@@ -140,6 +140,13 @@ CASES = [
          setup=write("notes.txt", "keep me")),
     Case("prepare-other-kind-without-overwrite", prep("{src}", "{t}/tok"), ["tok", "--overwrite"],
          setup=copy("tok", "tok")),
+    Case("prepare-would-delete-nested-output", prep("{src}", "{t}/ds"), ["embeddings", "--overwrite"],
+         setup=lambda b, t: (shutil.copytree(b["ds"], t / "ds"),
+                             main(["encode", "--dataset", str(t / "ds"), "--modalities", "collaborative",
+                                   "--encode.cache_dir", ""]))),
+    Case("prepare-feature-inside-output",
+         lambda b, t: prep("{src}", "{t}/ds", "--features", f"x={t}/ds/f.npy")(b, t), ["input"],
+         setup=lambda b, t: (shutil.copytree(b["ds"], t / "ds"), np.save(t / "ds" / "f.npy", np.zeros((20, 3), np.float32)))),
     Case("prepare-feature-name-escapes", prep("{src}", "{t}/out", "--features", "../../evil={t}/f.npy"),
          ["evil", "feature"], setup=lambda b, t: np.save(t / "f.npy", np.zeros((20, 3), np.float32))),
     Case("prepare-pickled-feature", prep("{src}", "{t}/out", "--features", "obj={t}/f.npy"), ["f.npy"],
@@ -301,3 +308,27 @@ def test_overwrite_replaces_only_our_outputs(base, tmp_path, capsys):
     foreign_dir("mine")(base, tmp_path)
     assert run_cli([*prep(str(base["src"]), "{t}/mine")(base, tmp_path), "--overwrite"], capsys)[0] == 2
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "my only copy"
+
+
+def test_sweep_spares_live_and_lookalike_siblings_and_restores_an_orphaned_old(tmp_path):
+    from mmq_rec.recdata.io import sweep_stale
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    lookalike = tmp_path / f".out.2024.{dead}.abc.tmp"  # a temp of a sibling named `out.2024`
+    lookalike.mkdir()
+    old = tmp_path / f".out.old-{dead}"  # killed between atomic_dir's two renames: the only copy
+    old.mkdir()
+    (old / "model.bin").write_text("weights")
+    sweep_stale(tmp_path / "out")
+    assert lookalike.exists() and (tmp_path / "out" / "model.bin").read_text() == "weights"
+
+
+def test_overwrite_starts_an_identical_run_afresh(base, tmp_path, capsys):
+    shutil.copytree(base["run"], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint" / "trainer_state.json").write_text("{broken")
+    args = train("{tok}", "{t}/run")(base, tmp_path)
+    assert run_cli(args, capsys)[0] == 2  # damaged: refused, and says --overwrite
+    assert main([*args, "--overwrite", "--json"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["finished"]

@@ -166,8 +166,10 @@ def test_pipeline_api_is_what_the_cli_runs(tokenized, tmp_path):
     recs = pipe.recommend(run["best_model"], [["syn00001", "syn00002"]], k=4)
     assert len(recs[0]) == 4 and test["metrics"]["all"]["invalid_rate"] == 0.0
     assert pipe.baseline(ds, "popularity")["metrics"]["all"]["users"] == test["users"]
-    stored = json.loads((tmp_path / "gen" / "config.json").read_text())
-    assert stored["train"]["max_steps"] == 10 and stored["generator"]["d_model"] == 32
+    from mmq_rec.config import load_config
+
+    stored = load_config(tmp_path / "gen" / "config.yaml")  # the stored configuration loads back as is
+    assert stored.train.max_steps == 10 and stored.generator.d_model == 32
 
 
 def test_split_settings_travel_with_the_model(tokenized, tmp_path, capsys):
