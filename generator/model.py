@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from mmq_rec.generator.objective import OBJECTIVES
+from mmq_rec.generator.objective import OBJECTIVES, history_inputs
 from mmq_rec.generator.vocab import EOS, PAD, SIDVocab
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import atomic_dir, read_json
@@ -136,23 +136,13 @@ class SIDCodec:
         dev = model.device
         if self.item_tokens.device != dev:
             self.to(dev)
-        histories = histories.to(dev)
-        tok = self.item_tokens[histories]  # (B, H, L)
         if self.uses_users:
             if users is None:
                 raise ValueError(f"this generator reads a hashed user token first (user_buckets="
                                  f"{self.vocab.user_buckets}): pass the users' ids")
-            users = users.to(dev)[:, None]
-        if self.input_mode == "flat":
-            ids = tok.flatten(1)
-            if self.uses_users:
-                ids = torch.cat([users, ids], dim=1)
-            return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
-        embed = model.get_input_embeddings()
-        emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
-        if self.uses_users:
-            emb, mask = torch.cat([embed(users), emb], dim=1), torch.cat([torch.ones_like(users), mask], dim=1)
-        return {"inputs_embeds": emb, "attention_mask": mask}
+            users = users.to(dev)
+        return history_inputs(model, self.item_tokens, histories.to(dev), users if self.uses_users else None,
+                              self.input_mode)
 
 
 ITEMS_FILE = "items.json"

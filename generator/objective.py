@@ -51,6 +51,25 @@ def encode(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Te
     return model.get_encoder()(**inputs).last_hidden_state
 
 
+def history_inputs(model: T5ForConditionalGeneration, item_tokens: torch.Tensor, histories: torch.Tensor,
+                   users: torch.Tensor | None, input_mode: str) -> dict[str, torch.Tensor]:
+    """T5 encoder kwargs for item-row histories (B, H), -1 = padding (`item_tokens` on the same
+    device; its last row is the padding item). `users` (B,): hashed user-token ids read first, or
+    None. flat: the SID tokens flattened; item: one position per item, the sum of its token embeddings."""
+    tok = item_tokens[histories]  # (B, H, L)
+    if input_mode == "flat":
+        ids = tok.flatten(1)
+        if users is not None:
+            ids = torch.cat([users[:, None], ids], dim=1)
+        return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
+    embed = model.get_input_embeddings()
+    emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
+    if users is not None:
+        emb = torch.cat([embed(users[:, None]), emb], dim=1)
+        mask = torch.cat([torch.ones_like(users[:, None]), mask], dim=1)
+    return {"inputs_embeds": emb, "attention_mask": mask}
+
+
 def all_position_windows(train_sequences: Sequence[np.ndarray], max_history: int
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user training sequences -> (inputs (N, W), targets (N, W), user (N,)), right-aligned
@@ -98,18 +117,8 @@ class GeneratorLoss(nn.Module):
         self.uses_users = uses_users
 
     def encoder_inputs(self, histories: torch.Tensor, users: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        tok = self.item_tokens[histories]  # (B, H, L)
-        if self.input_mode == "flat":
-            ids = tok.flatten(1)
-            if self.uses_users:
-                ids = torch.cat([users[:, None], ids], dim=1)
-            return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
-        embed = self.t5.get_input_embeddings()
-        emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
-        if self.uses_users:
-            emb = torch.cat([embed(users[:, None]), emb], dim=1)
-            mask = torch.cat([torch.ones_like(users[:, None]), mask], dim=1)
-        return {"inputs_embeds": emb, "attention_mask": mask}
+        return history_inputs(self.t5, self.item_tokens, histories, users if self.uses_users else None,
+                              self.input_mode)
 
     def forward(self, histories: torch.Tensor, targets: torch.Tensor,
                 users: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -228,8 +229,6 @@ def make_validator(codec: SIDCodec, valid: SplitPart, cfg: Config, num_items: in
 def is_main_process() -> bool:
     """False on the non-zero ranks of `accelerate launch` / torchrun, so that only one process
     writes a shared output (the environment variables are set by the launcher)."""
-    import os
-
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -337,8 +336,6 @@ class Pipeline:
     def _run_fingerprint(self, ds: RecDataset, table) -> dict[str, Any]:
         """What a training run's results depend on: a rerun with any of it changed is another run."""
         c = to_dict(self.cfg)
-        import os
-
         return {"seed": c["seed"], "data": {"max_history": c["data"]["max_history"]},
                 "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": c.get("device"),
                 "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
