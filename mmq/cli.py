@@ -134,9 +134,10 @@ def _print_metrics(args: argparse.Namespace, cfg, name: str, result: dict[str, A
 def _evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     ds = pipe.dataset()
-    result = pipe.evaluate(ds, args.model, args.split)
+    result = pipe.evaluate(ds, args.model, args.split, exclude_history=args.exclude_history)
     return _print_metrics(args, cfg, "generator", result, f"Generator evaluation ({args.split} split)",
                           f"Model `{args.model}`, dataset `{ds.meta['path']}`, beam {result['beam_width']}, "
+                          f"{'history excluded, ' if args.exclude_history else ''}"
                           f"{result['users']:,} users, decoded in {result['decode_seconds']}s on {result['device']}.")
 
 
@@ -147,6 +148,37 @@ def _baseline(args: argparse.Namespace, cfg) -> dict[str, Any]:
     name = args.method + (f"({result['modality']})" if "modality" in result else "")
     return _print_metrics(args, cfg, name, result, f"Baseline {name} ({args.split} split)",
                           f"Dataset `{ds.meta['path']}`, {result['users']:,} users.")
+
+
+def _rank_train(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    pipe = _pipeline(args, cfg)
+    out = args.output or str(Path(cfg.output_dir) / "ranker")
+    result = pipe.rank_train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite)
+    if not args.json:
+        print(f"trained the {cfg.ranker.representation} ranker {result['epochs']} epochs in "
+              f"{result['train_seconds']:.0f}s (stopped by {result['stopped']}); best validation {cfg.ranker.metric} "
+              f"{result[f'best_valid_{cfg.ranker.metric}']:.4f} at epoch {result['best_epoch']} -> {result['best_model']}")
+    return result
+
+
+def _rank_evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    pipe = _pipeline(args, cfg)
+    ds = pipe.dataset()
+    if args.candidates is not None and not args.model:
+        raise DataError("--candidates re-ranks a generator's candidates: give the generator with --model",
+                        field="candidates")
+    result = pipe.rank_evaluate(ds, args.ranker, args.split, generator=args.model, candidates=args.candidates,
+                                exclude_history=args.exclude_history)
+    if args.model:
+        name = f"generate({result['candidates']})->rank"
+        how = (f"the top {result['candidates']} of generator `{args.model}` re-ranked (fusion weight "
+               f"{result['fusion_weight']}, chosen on validation)")
+    else:
+        name = "ranker" + (" (history excluded)" if args.exclude_history else "")
+        how = "the whole catalogue ranked" + (", the user's own history excluded" if args.exclude_history else "")
+    return _print_metrics(args, cfg, name, result, f"Ranker evaluation ({args.split} split)",
+                          f"Ranker `{args.ranker}`, dataset `{ds.meta['path']}`: {how}; {result['users']:,} users "
+                          f"in {result['decode_seconds']}s on {result['device']}.")
 
 
 def _read_users_file(path: str) -> tuple[list[list[str]], list[str]]:
@@ -181,7 +213,7 @@ def _recommend(args: argparse.Namespace, cfg) -> Any:
         if not args.history:
             raise DataError("give --history ITEM ... or --users-file FILE", field="history")
         histories, users = [args.history], [args.user]
-    recs = _pipeline(args, cfg).recommend(args.model, histories, k=args.k, users=users)
+    recs = _pipeline(args, cfg).recommend(args.model, histories, k=args.k, users=users, ranker_dir=args.ranker)
     out = [{"user_id": u, "recommendations": [r.__dict__ for r in rs]} for u, rs in zip(users, recs, strict=True)]
     if not args.json:
         for entry in out:
@@ -301,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", _evaluate, "Evaluate a trained generator (full catalogue, per popularity bucket).")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--model", required=True, help="generator directory (e.g. RUN/best)")
+    sp.add_argument("--exclude-history", action="store_true",
+                    help="never recommend an item the user already has (the beam's other items move up)")
     device(sp)
     sp.add_argument("--split", choices=("test", "valid"), default="test")
     sp.add_argument("--report", help="write REPORT.md and REPORT.json")
@@ -315,8 +349,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", choices=("test", "valid"), default="test")
     sp.add_argument("--report", help="write REPORT.md and REPORT.json")
 
-    sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator.")
-    sp.add_argument("--model", required=True, help="generator directory")
+    rank = sub.add_parser("rank", help="Train or evaluate the ranker (SID / item-ID embeddings).",
+                          description="Train or evaluate the ranker (SID / item-ID embeddings).")
+    rank_sub = rank.add_subparsers(dest="rank_command", required=True)
+
+    def add_rank(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        rp = rank_sub.add_parser(name, help=help_, description=help_)
+        rp.add_argument("--config", help="YAML file overriding the defaults (see `mmq config`)")
+        rp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        rp.set_defaults(fn=fn)
+        return rp
+
+    sp = add_rank("train", _rank_train, "Train the ranker on a dataset's training split (--ranker.representation "
+                                        "id, sid, sid_prefix, id+sid or id+sid_prefix).")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
+    sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/ranker); rerun to resume")
+    overwrite(sp)
+    device(sp)
+
+    sp = add_rank("evaluate", _rank_evaluate, "Evaluate a trained ranker: over the whole catalogue, or re-ranking a "
+                                              "generator's candidates (--model).")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--ranker", required=True, help="ranker directory (e.g. RUN/best)")
+    sp.add_argument("--model", help="generator directory: re-rank its beam-search candidates (generate -> rank)")
+    sp.add_argument("--candidates", type=_positive_int, help="generator candidates to re-rank (default: the first "
+                                                              "of ranker.candidates)")
+    sp.add_argument("--exclude-history", action="store_true", help="never recommend an item the user already has")
+    device(sp)
+    sp.add_argument("--split", choices=("test", "valid"), default="test")
+    sp.add_argument("--report", help="write REPORT.md and REPORT.json")
+
+    sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator, "
+                                      "a ranker, or both (generate -> rank).")
+    sp.add_argument("--model", help="generator directory")
+    sp.add_argument("--ranker", help="ranker directory (with --model: re-rank the generator's candidates)")
     device(sp)
     sp.add_argument("--history", nargs="*", metavar="ITEM", help="item ids, oldest first")
     sp.add_argument("--user", help="the user's id (needed by a generator trained with hashed user tokens)")
@@ -332,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(args: argparse.Namespace) -> str:
+    return f"{args.command} {args.rank_command}" if args.command == "rank" else args.command
+
+
 def main(argv: list[str] | None = None) -> int:
     from mmq_rec.config import load_config
 
@@ -342,14 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                           flags=_flag_overrides(args))
         result = args.fn(args, cfg)
     except DataError as e:
-        print(f"mmq {args.command}: error: {e}", file=sys.stderr)
+        print(f"mmq {_command(args)}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # permissions, a full disk, ...: name the file, no traceback
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"mmq {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"mmq {_command(args)}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mmq {args.command}: interrupted (a training run resumes when rerun with the same command)",
+        print(f"mmq {_command(args)}: interrupted (a training run resumes when rerun with the same command)",
               file=sys.stderr)
         return 130
     if args.json:

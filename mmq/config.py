@@ -30,6 +30,7 @@ from mmq_rec.eval.buckets import BucketConfig
 from mmq_rec.generator.model import GeneratorConfig
 from mmq_rec.generator.recommend import DTYPES
 from mmq_rec.generator.train import TrainConfig
+from mmq_rec.ranker.model import RankerConfig
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.synthetic import SyntheticConfig
 from mmq_rec.tokenizer.api import TOKENIZERS
@@ -153,6 +154,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -166,9 +168,9 @@ class Config:
             self.device = str(resolve_device(self.device))
         ks = self.eval.ks
         # the validator reports recall@K / ndcg@K for K in eval.ks only
-        k = int(self.train.metric.partition("@")[2])
-        if k not in ks:
-            raise ValueError(f"train.metric: its K must be one of eval.ks {ks} (got {self.train.metric!r})")
+        for key, metric in (("train.metric", self.train.metric), ("ranker.metric", self.ranker.metric)):
+            if int(metric.partition("@")[2]) not in ks:
+                raise ValueError(f"{key}: its K must be one of eval.ks {ks} (got {metric!r})")
         # top-max(ks) needs that many beams (the search would silently widen a narrower beam)
         if self.decode.beam_width < max(ks):
             raise ValueError(f"decode.beam_width: must be >= max(eval.ks) = {max(ks)} "
@@ -188,7 +190,9 @@ DERIVED = {
     "tokenize.random.seed": "seed",
     "encode.attributes.seed": "seed",
     "encode.collaborative.seed": "seed",
+    "ranker.seed": "seed",
     "generator.max_history": "data.max_history",
+    "ranker.max_history": "data.max_history",
 }
 
 

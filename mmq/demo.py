@@ -6,6 +6,7 @@ the reference recommenders. Every setting can be overridden as for any command."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,26 @@ def run_demo(pipe: Pipeline, output: str | Path | None = None, overwrite: bool =
     log(f"[train] {run['steps']} steps in {run['train_seconds']:.0f}s; best validation {cfg.train.metric} "
         f"{run[f'best_valid_{cfg.train.metric}']:.4f} at step {run['best_step']} -> {run['best_model']}")
 
+    # stage 3: rankers, the item-ID one (SASRec) beside the configured SID one, selected on validation
+    rankers = {}
+    for rep in dict.fromkeys(("id", cfg.ranker.representation)):
+        rp = Pipeline(dataclasses.replace(cfg, ranker=dataclasses.replace(cfg.ranker, representation=rep)),
+                      show_progress=pipe.show_progress, log=lambda m: None)
+        r = rp.rank_train(ds, out / "tokenizer", out / f"ranker-{rep.replace('+', '_')}", overwrite=overwrite)
+        rankers[rep] = r["best_model"]
+        log(f"[rank] {rep} ranker: {r['epochs']} epochs in {r['train_seconds']:.0f}s; best validation "
+            f"{cfg.ranker.metric} {r[f'best_valid_{cfg.ranker.metric}']:.4f} at epoch {r['best_epoch']}")
+
     name = f"{cfg.tokenize.tokenizer.upper()} + generator"
+    n = cfg.ranker.candidates[0]
     results: dict[str, dict[str, Any]] = {}
     for part in ("valid", "test"):
-        res = {name: pipe.evaluate(ds, run["best_model"], part)["metrics"],
-               "popularity": pipe.baseline(ds, "popularity", part)["metrics"]}
+        res = {name: pipe.evaluate(ds, run["best_model"], part)["metrics"]}
+        for rep, path in rankers.items():
+            res[f"ranker ({rep})"] = pipe.rank_evaluate(ds, path, part)["metrics"]
+        res[f"generate({n}) -> ranker ({cfg.ranker.representation})"] = pipe.rank_evaluate(
+            ds, rankers[cfg.ranker.representation], part, generator=run["best_model"], candidates=n)["metrics"]
+        res["popularity"] = pipe.baseline(ds, "popularity", part)["metrics"]
         for m in modalities:
             res[f"kNN({m})"] = pipe.baseline(ds, "knn", part, modality=m)["metrics"]
         results[part] = res

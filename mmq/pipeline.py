@@ -35,6 +35,10 @@ from mmq_rec.generator.model import SIDCodec
 from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
+from mmq_rec.ranker.model import SequentialRanker, build_ranker, load_ranker
+from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
+from mmq_rec.ranker.train import read_checkpoint as read_ranker_checkpoint
+from mmq_rec.ranker.train import train_ranker
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json, write_text
 from mmq_rec.recdata.schema import RecDataset
@@ -48,6 +52,7 @@ from mmq_rec.tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
+from mmq_rec.tokenizer.sid import SIDTable
 from mmq_rec.tokenizer.training import resolve_device
 
 BASELINES = ("popularity", "knn")
@@ -150,13 +155,20 @@ def sample_part(part: SplitPart, n: int, seed: int) -> SplitPart:
 
 
 def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: bool = False,
-              user_ids: list[str] | None = None) -> np.ndarray:
+              user_ids: list[str] | None = None, exclude_history: bool = False) -> np.ndarray:
     """Top-max(ks) items for every example of a split part (`user_ids`: the dataset's, for a
-    generator with hashed user tokens)."""
+    generator with hashed user tokens). `exclude_history`: the beam's whole list is decoded and
+    the items of each history are dropped from it before the top max(ks) are taken."""
     users = [user_ids[u] for u in part.users] if user_ids is not None and rec.codec.uses_users else None
-    items, _ = rec.rank(torch.from_numpy(part.histories), k=max(cfg.eval.ks), beam_width=cfg.decode.beam_width,
+    kmax = max(cfg.eval.ks)
+    k = cfg.decode.beam_width if exclude_history else kmax
+    items, _ = rec.rank(torch.from_numpy(part.histories), k=k, beam_width=cfg.decode.beam_width,
                         batch_size=cfg.decode.batch_size, show_progress=show_progress, users=users)
-    return items
+    if exclude_history:
+        seen = (items[:, :, None] == part.histories[:, None, :]).any(axis=2) & (items >= 0)
+        order = np.argsort(seen, axis=1, kind="stable")  # unseen items first, in beam order
+        items = np.take_along_axis(np.where(seen, -1, items), order, axis=1)
+    return items[:, :kmax]
 
 
 def training_rows(split: Split, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,6 +256,8 @@ class Pipeline:
         self.show_progress = show_progress
         self.log = log or _stderr
         self._splits: dict[int, Split] = {}
+        self._candidates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._recommenders: dict[str, Recommender] = {}
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -340,9 +354,7 @@ class Pipeline:
                 "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": c.get("device"),
                 "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
                 "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
-                "dataset": {"items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions,
-                            "sequences": _digest(np.concatenate(ds.sequences()).tobytes()
-                                                 + np.array([len(q) for q in ds.sequences()]).tobytes())},
+                "dataset": _dataset_digest(ds),
                 "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
 
     # ------------------------------------------------------------------ loading artefacts
@@ -358,11 +370,12 @@ class Pipeline:
         return rec.to(resolve_device(self.cfg.device), DTYPES[self.cfg.decode.dtype])
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, ds: RecDataset, split_name: str, rank: Callable[[SplitPart], np.ndarray]) -> dict[str, Any]:
+    def _evaluate(self, ds: RecDataset, split_name: str, rank: Callable[[SplitPart], np.ndarray],
+                  max_users: int = 0) -> dict[str, Any]:
         if split_name not in ("valid", "test"):
             raise DataError(f"unknown split {split_name!r} (valid or test)", field="split")
         split = self.split(ds)
-        part = getattr(split, split_name)
+        part = sample_part(getattr(split, split_name), max_users, self.cfg.seed)
         buckets = self.buckets(ds)
         t0 = time.perf_counter()
         items = rank(part)
@@ -371,16 +384,18 @@ class Pipeline:
         return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),
                 "users_per_second": round(len(part) / seconds, 1), "metrics": res, "buckets": buckets.sizes()}
 
-    def evaluate(self, ds: RecDataset, model_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
-        """Full-catalogue evaluation of a trained generator, stratified by popularity bucket."""
+    def evaluate(self, ds: RecDataset, model_dir: str | Path, split_name: str = "test",
+                 exclude_history: bool = False) -> dict[str, Any]:
+        """Full-catalogue evaluation of a trained generator, stratified by popularity bucket
+        (`exclude_history`: items the user already has are never recommended)."""
         rec = self.recommender(model_dir)
         if rec.codec.table.item_ids != ds.item_ids():
             raise DataError("the model's SID table does not match the dataset's items", path=model_dir)
         check_split(rec.info.get("split"), self.cfg, model_dir, "generator")
         out = self._evaluate(ds, split_name, lambda part: rank_part(rec, part, self.cfg, self.show_progress,
-                                                                     ds.user_ids()))
+                                                                     ds.user_ids(), exclude_history))
         return {**out, "beam_width": self.cfg.decode.beam_width, "device": str(rec.model.device),
-                "dtype": self.cfg.decode.dtype}
+                "dtype": self.cfg.decode.dtype, "exclude_history": exclude_history}
 
     def baseline(self, ds: RecDataset, method: str, split_name: str = "test",
                  modality: str | None = None) -> dict[str, Any]:
@@ -398,19 +413,179 @@ class Pipeline:
                     **self._evaluate(ds, split_name, lambda part: knn_rankings(emb, part.histories, kmax))}
         raise DataError(f"unknown baseline {method!r}; choose from {BASELINES}", field="method")
 
+    # ------------------------------------------------------------------ stage 3: ranker
+    def _checked_table(self, ds: RecDataset, tokenizer_dir: str | Path) -> SIDTable:
+        tok = self.load_tokenization(tokenizer_dir)
+        if tok.table.item_ids != ds.item_ids():
+            raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
+                            path=tokenizer_dir)
+        if "collaborative" in tok.quality.get("modalities", []):
+            check_split(tok.quality.get("split"), self.cfg, tokenizer_dir, "tokenizer (its collaborative modality)")
+        return tok.table
+
+    def rank_train(self, ds: RecDataset, tokenizer_dir: str | Path, output: str | Path,
+                   overwrite: bool = False) -> dict[str, Any]:
+        """Train the ranker (`cfg.ranker`) on the training split, every position a target, keeping
+        the epoch best on validation (all validation users) in OUTPUT/best. Rerunning resumes."""
+        cfg = self.cfg
+        table = self._checked_table(ds, tokenizer_dir)
+        inputs = (ds.meta.get("path"), tokenizer_dir)
+        check_output(output, "ranker-run", overwrite=overwrite, inputs=inputs, replaces=False)
+        c = to_dict(cfg)
+        # more epochs or patience continue the same run (the learning rate does not depend on them)
+        ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
+        fingerprint = {"seed": cfg.seed, "ranker": ranker, "split": split_settings(cfg), "device": c.get("device"),
+                       "metric_ks": c["eval"]["ks"], "dataset": _dataset_digest(ds),
+                       "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
+        if not overwrite:
+            read_ranker_checkpoint(output)  # a damaged checkpoint stops the run before anything is written
+            _check_run_fingerprint(Path(output), fingerprint)
+        claim_dir(output, "ranker-run", overwrite=overwrite, inputs=inputs)
+        _start_run(Path(output), fingerprint, fresh=overwrite)
+        write_text(Path(output) / "config.yaml", to_yaml(cfg) + "\n")
+        split = self.split(ds)
+        counts = self.buckets(ds).popularity
+        windows, targets, _ = all_position_windows(split.train_sequences, cfg.data.max_history)
+        model = build_ranker(cfg.ranker, table, counts)
+        valid, ks = split.valid, cfg.eval.ks
+
+        def validate(m: SequentialRanker) -> dict[str, float]:
+            items, _ = rank_full(m, valid.histories, max(ks))
+            res = evaluate_rankings(items, valid.targets, ds.num_items, ks)["all"]
+            return {k: v for k, v in res.items() if k.startswith(("recall@", "ndcg@"))}
+
+        info = {"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
+                "split": split_settings(cfg), "train_items": int((counts > 0).sum())}
+        titles = titles_of(ds)
+        t0 = time.perf_counter()
+        state = train_ranker(model, windows, targets, table, validate, output, info, self.show_progress,
+                             cfg.device, self.log, titles)
+        return {"output": str(output), "best_model": str(Path(output) / "best"), "epochs": state["epoch"],
+                "best_epoch": state["best_epoch"], f"best_valid_{cfg.ranker.metric}": state["best_metric"],
+                "stopped": state["stopped"], "train_seconds": round(state["train_seconds"], 1),
+                "wall_seconds": round(time.perf_counter() - t0, 1), "history": state["history"]}
+
+    def ranker(self, ranker_dir: str | Path, ds: RecDataset | None = None) -> SequentialRanker:
+        """A trained ranker on the configured device; with `ds`, checked to be trained on its items
+        and under this split."""
+        model, table, info = _load_artefact(lambda p: load_ranker(p, "cpu"), ranker_dir, "ranker", "mmq rank train")
+        if ds is not None:
+            if table.item_ids != ds.item_ids():
+                raise DataError("the ranker's SID table is not this dataset's (its items differ): train the ranker "
+                                "on this dataset", path=ranker_dir)
+            check_split(info.get("split"), self.cfg, ranker_dir, "ranker")
+        model.table, model.titles = table, info.get("titles") or {}
+        return model.to(resolve_device(self.cfg.device))
+
+    def _generator_candidates(self, rec: Recommender, part: SplitPart, n: int, user_ids: list[str]
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """The generator's top-n (beam width n) for a split part, decoded once per pipeline (several
+        rankers re-rank the same candidates)."""
+        key = (id(rec), n, _digest(part.users.tobytes() + part.histories.tobytes()))
+        if key not in self._candidates:
+            users = [user_ids[u] for u in part.users] if rec.codec.uses_users else None
+            self._candidates[key] = rec.rank(torch.from_numpy(part.histories), k=n, beam_width=n,
+                                             batch_size=self.cfg.decode.batch_size, show_progress=self.show_progress,
+                                             users=users)
+        return self._candidates[key]
+
+    def rank_evaluate(self, ds: RecDataset, ranker_dir: str | Path, split_name: str = "test",
+                      generator: str | Path | None = None, candidates: int | None = None,
+                      exclude_history: bool = False, max_users: int = 0) -> dict[str, Any]:
+        """The ranker over the full catalogue or, with `generator`, re-ranking the generator's top
+        `candidates` (beam search of that width). The fusion weight of the generator's
+        log-probability is chosen on validation users (`decode.valid_users` of them) from
+        `ranker.fusion_weights`. `max_users` > 0 evaluates a fixed random sample of users."""
+        cfg = self.cfg
+        model = self.ranker(ranker_dir, ds)
+        kmax = max(cfg.eval.ks)
+        split = self.split(ds)
+        if generator is None:
+            def rank(part: SplitPart) -> np.ndarray:
+                return rank_full(model, part.histories, kmax, exclude_history=exclude_history)[0]
+            out = self._evaluate(ds, split_name, rank, max_users)
+            return {**out, "mode": "full", "exclude_history": exclude_history, "device": str(model.device)}
+        n = candidates or cfg.ranker.candidates[0]
+        if n < kmax:
+            raise DataError(f"must be >= max(eval.ks) = {kmax} (got {n})", field="candidates")
+        key = str(Path(generator).resolve())
+        if key not in self._recommenders:  # kept, with its decoded candidates, for the next ranker
+            self._recommenders[key] = self.recommender(generator)
+        rec = self._recommenders[key]
+        if rec.codec.table.item_ids != ds.item_ids():
+            raise DataError("the generator's SID table does not match the dataset's items", path=generator)
+        check_split(rec.info.get("split"), cfg, generator, "generator")
+        user_ids = ds.user_ids()
+        valid = sample_part(split.valid, cfg.decode.valid_users, cfg.seed)
+        v_items, v_gen = self._generator_candidates(rec, valid, n, user_ids)
+        v_rank = candidate_scores(model, valid.histories, v_items)
+        choice = {}
+        for w in cfg.ranker.fusion_weights:
+            top, _ = rerank(v_items, v_rank, v_gen, w, kmax)
+            choice[w] = evaluate_rankings(top, valid.targets, ds.num_items, cfg.eval.ks)["all"][cfg.ranker.metric]
+        weight = max(choice, key=lambda w: (choice[w], -w))
+
+        held = []
+
+        def rank(part: SplitPart) -> np.ndarray:
+            items, gen = self._generator_candidates(rec, part, n, user_ids)
+            held.append(float((items == part.targets[:, None]).any(axis=1).mean()))
+            return rerank(items, candidate_scores(model, part.histories, items), gen, weight, kmax)[0]
+        out = self._evaluate(ds, split_name, rank, max_users)
+        return {**out, "mode": "generate->rank", "candidates": n, "fusion_weight": weight, "candidate_recall": held[0],
+                f"valid_{cfg.ranker.metric}_by_weight": {str(w): round(v, 5) for w, v in choice.items()},
+                "device": str(model.device)}
+
     # ------------------------------------------------------------------ serving
-    def recommend(self, model_dir: str | Path, histories: Sequence[Sequence[str]], k: int = 10,
-                  users: Sequence[str | None] | None = None) -> list[list[Recommendation]]:
-        """Top-k real items for each history of item ids (oldest first)."""
+    def recommend(self, model_dir: str | Path | None, histories: Sequence[Sequence[str]], k: int = 10,
+                  users: Sequence[str | None] | None = None,
+                  ranker_dir: str | Path | None = None) -> list[list[Recommendation]]:
+        """Top-k real items for each history of item ids (oldest first): by the generator's beam
+        search (`model_dir`), by the ranker over the whole catalogue (`ranker_dir`), or generate ->
+        rank (both: the generator's top `ranker.candidates[0]` ordered by the ranker)."""
         if k < 1:
             raise DataError(f"must be at least 1 (got {k})", field="k")
-        rec = self.recommender(model_dir)
-        return rec.recommend(histories, k=k, beam_width=max(self.cfg.decode.beam_width, k),
-                             users=users if rec.codec.uses_users else None)
+        if ranker_dir is None:
+            if model_dir is None:
+                raise DataError("give a generator (--model) or a ranker (--ranker), or both", field="model")
+            rec = self.recommender(model_dir)
+            return rec.recommend(histories, k=k, beam_width=max(self.cfg.decode.beam_width, k),
+                                 users=users if rec.codec.uses_users else None)
+        model = self.ranker(ranker_dir)
+        table = model.table
+        index = {iid: i for i, iid in enumerate(table.item_ids)}
+        hist = np.full((len(histories), model.cfg.max_history), -1, dtype=np.int64)
+        for r, h in enumerate(histories):
+            unknown = [i for i in h if str(i) not in index]
+            if unknown:
+                raise DataError(f"unknown item id(s) {unknown[:5]} (not in the ranker's SID table)", field="history")
+            rows = [index[str(i)] for i in h][-model.cfg.max_history:]
+            if rows:
+                hist[r, -len(rows):] = rows
+        if model_dir is None:
+            items, scores = rank_full(model, hist, k)
+        else:
+            rec = self.recommender(model_dir)
+            if rec.codec.table.item_ids != table.item_ids:
+                raise DataError("the generator and the ranker were trained on different items", path=model_dir)
+            n = max(k, self.cfg.ranker.candidates[0])
+            cand, _ = rec.rank(torch.from_numpy(hist), k=n, beam_width=n,
+                               users=list(users) if rec.codec.uses_users and users is not None else None)
+            items, scores = rerank(cand, candidate_scores(model, hist, cand), k=k)
+        ids, titles = table.item_ids, model.titles
+        return [[Recommendation(ids[i], int(i), float(s), table.to_string(int(i)), titles.get(ids[i]))
+                 for i, s in zip(row_i, row_s, strict=True) if i >= 0 and np.isfinite(s)]
+                for row_i, row_s in zip(items, scores, strict=True)]
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _dataset_digest(ds: RecDataset) -> dict[str, Any]:
+    return {"items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions,
+            "sequences": _digest(np.concatenate(ds.sequences()).tobytes()
+                                 + np.array([len(q) for q in ds.sequences()]).tobytes())}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -16,5 +16,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "d_ff": 256, "num_heads": 4, "d_kv": 16},
         # item mode trains on all positions: a batch is 32 user windows (about 250 targets)
         "train": {"max_steps": 800, "eval_every": 200, "batch_size": 32, "warmup_steps": 80, "lr": 3e-3},
+        "ranker": {"epochs": 20, "patience": 3, "lr": 3e-3, "candidates": [50]},
     },
 }

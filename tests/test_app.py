@@ -17,7 +17,7 @@ from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
 # the demo preset, made smaller still
 SMALL = ["--synthetic.num_items", "300", "--synthetic.num_users", "400", "--synthetic.num_topics", "8",
          "--encode.cache_dir", "", "--tokenize.mmq.epochs", "5", "--train.max_steps", "60", "--train.eval_every",
-         "30", "--train.warmup_steps", "6", "--decode.valid_users", "200"]
+         "30", "--train.warmup_steps", "6", "--decode.valid_users", "200", "--ranker.epochs", "3"]
 
 
 def test_defaults_yaml_then_cli(tmp_path):
@@ -200,6 +200,9 @@ def test_demo_runs_and_is_deterministic(tmp_path, capsys):
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["results"]["popularity"]["all"]["users"] == 400
     assert report["results"]["MMQ + generator"]["all"]["invalid_rate"] == 0.0
+    for row in ("ranker (id)", "ranker (id+sid_prefix)", "generate(50) -> ranker (id+sid_prefix)"):
+        assert report["results"][row]["all"]["users"] == 400 and report["results"][row]["all"]["invalid_rate"] == 0.0
+    assert (tmp_path / "a" / "ranker-id_sid_prefix" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "generator" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# MMQ-Rec demo (synthetic data)")
     assert RecDataset.load(tmp_path / "a" / "data").num_items == 300

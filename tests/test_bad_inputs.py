@@ -55,8 +55,10 @@ def base(tmp_path_factory) -> dict[str, Path]:
                  "--encode.cache_dir", ""]) == 0
     assert main(["train", "--dataset", str(d / "syn"), "--tokenizer-dir", str(d / "tok"), "--output",
                  str(d / "run"), "--train.max_steps", "6", "--train.eval_every", "3", *TINY]) == 0
+    assert main(["rank", "train", "--dataset", str(d / "syn"), "--tokenizer-dir", str(d / "tok"), "--output",
+                 str(d / "rank"), *RANK]) == 0
     return {"root": d, "src": src, "ds": d / "ds", "syn": d / "syn", "tok": d / "tok", "run": d / "run",
-            "model": d / "run" / "best"}
+            "model": d / "run" / "best", "rank": d / "rank", "ranker": d / "rank" / "best"}
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -124,6 +126,19 @@ def train(tok_dir: str, out: str, *extra: str, ds: str = "{syn}"):
     return lambda b, t: ["train", "--dataset", ds.format(**b, t=t), "--tokenizer-dir", tok_dir.format(**b, t=t),
                          "--output", out.format(**b, t=t), "--train.max_steps", "6", "--train.eval_every", "3",
                          *TINY, *extra]
+
+
+RANK = ["--ranker.epochs", "1", "--ranker.d_model", "16", "--ranker.batch_size", "64"]
+
+
+def rank_train(tok_dir: str, out: str, *extra: str, ds: str = "{syn}"):
+    return lambda b, t: ["rank", "train", "--dataset", ds.format(**b, t=t), "--tokenizer-dir",
+                         tok_dir.format(**b, t=t), "--output", out.format(**b, t=t), *RANK, *extra]
+
+
+def rank_eval(ranker: str, *extra: str, ds: str = "{syn}"):
+    return lambda b, t: ["rank", "evaluate", "--dataset", ds.format(**b, t=t), "--ranker", ranker.format(**b, t=t),
+                         *[e.format(**b, t=t) for e in extra]]
 
 
 def cmd(*parts: str):
@@ -223,7 +238,35 @@ CASES = [
     Case("baseline-too-short-histories", cmd("baseline", "--dataset", "{t}/short", "--method", "popularity"),
          ["3"], setup=lambda b, t: main(["prepare", "--format", "jsonl", "--input",
                                          str(jsonl_source(t / "s2", length=2)), "--output", str(t / "short")])),
+    # ---------------------------------------------------------------- rank train / evaluate
+    Case("rank-train-missing-tokenizer", rank_train("{t}/none", "{t}/r"), ["none", "mmq tokenize"]),
+    Case("rank-train-tokenizer-of-other-dataset", rank_train("{tok}", "{t}/r", ds="{ds}"), ["tok", "items"]),
+    Case("rank-train-output-foreign", rank_train("{tok}", "{t}/mine"), ["mine", "did not write"],
+         setup=foreign_dir("mine")),
+    Case("rank-train-changed-settings", rank_train("{tok}", "{t}/r", "--ranker.lr", "0.005"), ["r", "ranker.lr"],
+         setup=copy("rank", "r")),
+    Case("rank-train-corrupted-checkpoint", rank_train("{tok}", "{t}/r", "--ranker.epochs", "2"), ["checkpoint"],
+         setup=lambda b, t: (shutil.copytree(b["rank"], t / "r"),
+                             (t / "r" / "checkpoint" / "state.json").write_text("{\"epoch\": "))),
+    Case("rank-train-bad-representation", rank_train("{tok}", "{t}/r", "--ranker.representation", "ids"),
+         ["ranker.representation"]),
+    Case("rank-train-bad-dropout", rank_train("{tok}", "{t}/r", "--ranker.id_dropout", "1"), ["ranker.id_dropout"]),
+    Case("rank-evaluate-missing-ranker", rank_eval("{t}/norank"), ["norank", "mmq rank train"]),
+    Case("rank-evaluate-corrupted-weights", rank_eval("{t}/r"), ["r", "mmq rank train"],
+         setup=corrupt("ranker", "r", "model.safetensors")),
+    Case("rank-evaluate-corrupted-json", rank_eval("{t}/r"), ["ranker.json"],
+         setup=corrupt("ranker", "r", "ranker.json", b"{not json")),
+    Case("rank-evaluate-other-dataset", rank_eval("{ranker}", ds="{ds}"), ["best", "not this dataset"]),
+    Case("rank-evaluate-generator-not-a-model", rank_eval("{ranker}", "--model", "{tok}"), ["tok"]),
+    Case("rank-evaluate-few-candidates", rank_eval("{ranker}", "--model", "{model}", "--candidates", "5"),
+         ["candidates", "20"]),
+    Case("rank-evaluate-report-over-user-file", rank_eval("{ranker}", "--report", "{t}/notes"), ["report", "notes"],
+         setup=write("notes.json", "{}")),
     # ---------------------------------------------------------------- recommend
+    Case("recommend-neither-model-nor-ranker", cmd("recommend", "--history", "syn00001"), ["model", "ranker"]),
+    Case("recommend-ranker-unknown-item", cmd("recommend", "--ranker", "{ranker}", "--history", "nope"), ["nope"]),
+    Case("recommend-ranker-not-a-ranker", cmd("recommend", "--ranker", "{model}", "--history", "syn00001"),
+         ["best", "mmq rank train"]),
     Case("recommend-negative-k", cmd("recommend", "--model", "{model}", "--history", "syn00001", "--k", "-3"),
          ["--k"]),
     Case("recommend-zero-k", cmd("recommend", "--model", "{model}", "--history", "syn00001", "--k", "0"), ["--k"]),

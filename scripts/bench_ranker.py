@@ -1,0 +1,215 @@
+"""Ranker benchmark -> benchmarks/ranker.md + ranker.json: every item representation over the full
+catalogue (seeds: mean ± std), per popularity bucket, with the user's history kept (TIGER's
+protocol) and excluded; a learning curve; and the best SID ranker (chosen on validation)
+re-ranking a generator's top-N candidates.
+
+    python scripts/bench_ranker.py --dataset DATA --tokenizer rqkmeans=TOK_DIR [--tokenizer mmq=TOK_DIR] \\
+        --work WORK_DIR [--generator GEN_DIR] [--seeds 0 1 2] [--single-seed-rows LABEL ...] [-- OVERRIDES]
+
+Training runs live in WORK_DIR/<label>-s<seed> and are resumed or reused when the script is rerun
+(each is an `mmq rank train` run directory). OVERRIDES are configuration overrides for every run
+(e.g. `--ranker.epochs 30`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
+from mmq_rec.pipeline import Pipeline
+from mmq_rec.recdata.io import write_json, write_text
+
+HERE = Path(__file__).resolve().parent.parent
+PUBLISHED = [  # ../shared/docs/PROTOCOL.md, not run here
+    "SASRec with full-softmax cross-entropy, measured on this data by the protocol's authors (d 64, 2 blocks): "
+    "R@10 .0848 / N@10 .0412",
+    "TIGER (paper): R@10 .0648 / N@10 .0384",
+    "eSASRec (RecSys'25; history excluded): R@10 .0928 / N@10 .0523",
+]
+KS = [5, 10, 20]
+
+
+def _label(tok: str | None, rep: str) -> str:
+    return rep if tok is None else f"{rep} ({tok})"
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "").replace("(", "-").replace(")", "").replace("+", "_")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--tokenizer", action="append", required=True, help="NAME=TOKENIZER_DIR (repeatable)")
+    ap.add_argument("--work", required=True, help="directory for the training runs (reused when rerun)")
+    ap.add_argument("--representations", nargs="+", default=["id", "sid", "sid_prefix", "id+sid", "id+sid_prefix"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--single-seed-rows", nargs="*", default=[],
+                    help="labels (e.g. 'sid (mmq)') trained with the first seed only, to save time")
+    ap.add_argument("--generator", help="generator run's best/ directory, for generate -> rank")
+    ap.add_argument("--candidates", nargs="+", type=int, default=[50, 100, 200])
+    ap.add_argument("--rerank-users", type=int, default=0,
+                    help="generate -> rank on a fixed random sample of this many test users (0 = all)")
+    ap.add_argument("--out", default=str(HERE / "benchmarks" / "ranker"))
+    args = ap.parse_args(argv)
+    toks = dict(t.split("=", 1) for t in args.tokenizer)
+    work = Path(args.work)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    def pipe_for(seed: int, rep: str | None = None) -> Pipeline:
+        extra = ["--ranker.representation", rep] if rep else []
+        return Pipeline.from_config(overrides=[*overrides, *extra, "--seed", str(seed)], show_progress=False,
+                                    log=lambda s: print(s, file=sys.stderr, flush=True))
+
+    evaluator = pipe_for(args.seeds[0])  # one split, one user sample for every run
+    ds = evaluator.dataset(args.dataset)
+    rows: list[tuple[str, str, str]] = []  # (label, tokenizer name, representation)
+    for rep in args.representations:
+        if rep == "id":  # does not read the SIDs: one row, trained with the first tokenizer's table
+            rows.append((_label(None, rep), next(iter(toks)), rep))
+        else:
+            rows += [(_label(t, rep), t, rep) for t in toks]
+    runs: dict[str, list[dict]] = {}
+    for label, tok, rep in rows:
+        seeds = args.seeds[:1] if label in args.single_seed_rows else args.seeds
+        for seed in seeds:
+            pipe = pipe_for(seed, rep)
+            out = work / f"{_slug(label)}-s{seed}"
+            print(f"== {label}, seed {seed} -> {out}", file=sys.stderr, flush=True)
+            trained = pipe.rank_train(pipe.dataset(args.dataset), toks[tok], out)
+            full = evaluator.rank_evaluate(ds, out / "best")
+            excl = evaluator.rank_evaluate(ds, out / "best", exclude_history=True)
+            runs.setdefault(label, []).append({"seed": seed, "run": str(out), "train": trained, "test": full,
+                                               "test_history_excluded": excl})
+    device = runs[rows[0][0]][0]["test"]["device"]
+    agg = {label: mean_std([r["test"]["metrics"] for r in rs]) for label, rs in runs.items()}
+    agg_excl = {label: mean_std([r["test_history_excluded"]["metrics"] for r in rs]) for label, rs in runs.items()}
+    metric = evaluator.cfg.ranker.metric
+
+    def valid_mean(label: str) -> float:
+        return float(np.mean([r["train"][f"best_valid_{metric}"] for r in runs[label]]))
+
+    sid_labels = [label for label, _, rep in rows if rep != "id"]
+    best_sid = max(sid_labels, key=valid_mean) if sid_labels else None
+    id_label = next((label for label, _, rep in rows if rep == "id"), None)
+
+    rerank: dict[str, dict] = {}
+    if args.generator and best_sid:
+        for n in args.candidates:
+            per_seed = []
+            for r in runs[best_sid]:
+                g = evaluator.rank_evaluate(ds, Path(r["run"]) / "best", generator=args.generator, candidates=n,
+                                            max_users=args.rerank_users)
+                f = evaluator.rank_evaluate(ds, Path(r["run"]) / "best", max_users=args.rerank_users)
+                per_seed.append({"seed": r["seed"], "generate_rank": g, "full_same_users": f})
+            rerank[str(n)] = {
+                "users": per_seed[0]["generate_rank"]["users"],
+                "generate_rank": mean_std([p["generate_rank"]["metrics"] for p in per_seed]),
+                "full_same_users": mean_std([p["full_same_users"]["metrics"] for p in per_seed]),
+                "candidate_recall": float(np.mean([p["generate_rank"]["candidate_recall"] for p in per_seed])),
+                "fusion_weights": [p["generate_rank"]["fusion_weight"] for p in per_seed],
+                "decode_seconds": [p["generate_rank"]["decode_seconds"] for p in per_seed],
+            }
+            rr = rerank[str(n)]
+            rr["ratio_recall@10"] = rr["generate_rank"]["all"]["recall@10"] / rr["full_same_users"]["all"]["recall@10"]
+
+    summary = {}
+    if id_label and best_sid:
+        a, b = agg[id_label], agg[best_sid]
+        summary = {
+            "id_recall10": a["all"]["recall@10"], "id_tail_recall10": a["tail"]["recall@10"],
+            "best_sid": best_sid, "best_sid_recall10": b["all"]["recall@10"],
+            "best_sid_tail_recall10": b["tail"]["recall@10"],
+            "best_sid_cold_recall10": b.get("cold", {}).get("recall@10", 0.0),
+            "tail_ratio": b["tail"]["recall@10"] / max(a["tail"]["recall@10"], 1e-12),
+            "pipeline_to_full_ratio": max((v["ratio_recall@10"] for v in rerank.values()), default=None),
+        }
+    env = {"device": device, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+           "torch": torch.__version__, "python": platform.python_version(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "date": time.strftime("%Y-%m-%d")}
+    cmd = "python scripts/bench_ranker.py " + " ".join(sys.argv[1:])
+    write_json(Path(args.out).with_suffix(".json"), {
+        "generated_by": "scripts/bench_ranker.py", "command": cmd, "environment": env, "ks": KS,
+        **summary, "config": {"overrides": overrides, "ranker": json.loads(json.dumps(evaluator.cfg.ranker.__dict__))},
+        "results": agg, "results_history_excluded": agg_excl, "rerank": rerank,
+        "runs": {label: [{"seed": r["seed"], "run": r["run"], "epochs": r["train"]["epochs"],
+                          "best_epoch": r["train"]["best_epoch"], "train_seconds": r["train"]["train_seconds"],
+                          f"best_valid_{metric}": r["train"][f"best_valid_{metric}"],
+                          "valid_history": r["train"]["history"], "test": r["test"]["metrics"],
+                          "test_history_excluded": r["test_history_excluded"]["metrics"]} for r in rs]
+                 for label, rs in runs.items()}})
+    write_text(Path(args.out).with_suffix(".md"), render(args, cmd, env, runs, agg, agg_excl, rerank, summary,
+                                                           best_sid, id_label, metric, ds.name))
+    print(json.dumps(summary, indent=1))
+
+
+def _curve(runs: list[dict]) -> list[float]:
+    """Mean validation R@10 per epoch over the seeds (as far as every seed trained)."""
+    hist = [r["train"]["history"] for r in runs]
+    n = min(len(h) for h in hist)
+    return [float(np.mean([h[e]["valid_recall@10"] for h in hist])) for e in range(n)]
+
+
+def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_label, metric, name) -> str:
+    seeds = {label: len(rs) for label, rs in runs.items()}
+    minutes = {label: np.mean([r["train"]["train_seconds"] for r in rs]) / 60 for label, rs in runs.items()}
+    out = [f"# Ranker on {name}: item-ID vs semantic-ID item representations",
+           f"Measured on {env['device']} ({env['machine']}, torch {env['torch']}), {env['date']}. "
+           "Test split, leave-one-out, every user; mean ± sample std over seeds. Checkpoints chosen on validation "
+           f"({metric}); nothing is selected on test.",
+           f"Command: `{cmd}`",
+           "| row | seeds | epochs (best) | training minutes per run |\n|---|---:|---|---:|\n" + "\n".join(
+               f"| {label} | {seeds[label]} | " + ", ".join(f"{r['train']['epochs']} ({r['train']['best_epoch']})"
+                                                            for r in runs[label]) + f" | {minutes[label]:.1f} |"
+               for label in runs)]
+    if summary:
+        s = summary
+        out.append(f"**Summary.** Item-ID ranker (SASRec): R@10 {s['id_recall10']:.4f}, tail {s['id_tail_recall10']:.4f}. "
+                   f"Best SID ranker on validation, **{best_sid}**: R@10 {s['best_sid_recall10']:.4f}, tail "
+                   f"{s['best_sid_tail_recall10']:.4f} ({s['tail_ratio']:.2f}× the item-ID ranker's), cold "
+                   f"{s['best_sid_cold_recall10']:.4f}." + (
+                       f" Generate → rank keeps {s['pipeline_to_full_ratio']:.2f}× of the full-catalogue R@10 at best."
+                       if s.get("pipeline_to_full_ratio") else ""))
+    for g in BUCKET_TITLES:
+        if any(g in r for r in agg.values()):
+            out += [f"## {BUCKET_TITLES[g]}", metrics_table(agg, g, KS)]
+    out += ["## History excluded (RecBole's and eSASRec's convention), all test users", metrics_table(agg_excl, "all", KS)]
+    curves = {label: _curve(runs[label]) for label in (id_label, best_sid) if label}
+    if curves:
+        n = max(len(c) for c in curves.values())
+        out += ["## Learning curve: validation R@10 by epoch (mean over seeds)",
+                "| epoch | " + " | ".join(curves) + " |\n|---:|" + "---:|" * len(curves) + "\n" + "\n".join(
+                    f"| {e + 1} | " + " | ".join(f"{c[e]:.4f}" if e < len(c) else "–" for c in curves.values()) + " |"
+                    for e in range(n))]
+    if rerank:
+        users = next(iter(rerank.values()))["users"]
+        lines = ["| candidates N | generator recall@N (candidates hold the target) | generate→rank R@10 | N@10 | "
+                 "tail R@10 | full-catalogue R@10, same users | ratio | fusion weight (per seed, chosen on validation) |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for n, v in rerank.items():
+            g, f = v["generate_rank"], v["full_same_users"]
+            lines.append(f"| {n} | {v['candidate_recall']:.4f} | {g['all']['recall@10']:.4f} | {g['all']['ndcg@10']:.4f} "
+                         f"| {g['tail'].get('recall@10', 0):.4f} | {f['all']['recall@10']:.4f} | "
+                         f"{v['ratio_recall@10']:.3f} | {v['fusion_weights']} |")
+        out += [f"## Generate → rank: {best_sid} re-ranking the generator's beam-search top N",
+                f"Generator `{args.generator}`; {users:,} test users"
+                + (" (a fixed random sample)" if args.rerank_users else "") + ".", "\n".join(lines)]
+    out += ["## Published reference numbers (not run here; ../shared/docs/PROTOCOL.md)",
+            "\n".join(f"- {p}" for p in PUBLISHED)]
+    return "\n\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

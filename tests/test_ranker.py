@@ -1,0 +1,213 @@
+"""The ranker: item representations, scores, re-ranking, training, resume, save/load, commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mmq_rec.cli import main
+from mmq_rec.ranker import (
+    RankerConfig,
+    build_ranker,
+    candidate_scores,
+    load_ranker,
+    rank_full,
+    rerank,
+    save_ranker,
+)
+from mmq_rec.ranker.model import prefix_rows
+from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
+from mmq_rec.tokenizer.sid import SIDTable
+
+# 6 items, 2 semantic positions (codebooks 3 and 2) + a disambiguation token
+CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 0], [2, 1], [0, 0]])
+COUNTS = np.array([10, 3, 1, 0, 5, 2])
+
+
+def table() -> SIDTable:
+    return SIDTable.from_codes([f"i{i}" for i in range(6)], CODES, [3, 2])
+
+
+def ranker(representation: str, seed: int = 0, **kw):
+    return build_ranker(RankerConfig(representation=representation, d_model=8, num_heads=2, max_history=5,
+                                     dropout=0.0, seed=seed, **kw), table(), COUNTS)
+
+
+HIST = np.array([[-1, -1, 0, 1, 2], [-1, -1, -1, -1, 4], [3, 3, 1, 0, 5]])
+
+
+def test_id_scores_are_a_dot_product_with_the_item_embeddings():
+    m = ranker("id").eval()
+    with torch.no_grad():
+        state = m.encode(torch.as_tensor(HIST))[:, -1]
+        expected = state @ m.items.id_emb.weight.T
+        assert torch.allclose(m.scores(torch.as_tensor(HIST)), expected, atol=1e-6)
+    top, sc = rank_full(m, HIST, 6)
+    assert np.allclose(np.sort(sc, axis=1)[:, ::-1], np.sort(expected.numpy(), axis=1)[:, ::-1], atol=1e-5)
+
+
+def test_sid_pooling_matches_a_hand_computation():
+    m = ranker("sid")
+    w = m.items.sid_emb.weight.detach()  # rows 0..2: position 0, rows 3..4: position 1
+    expected = torch.stack([(w[c0] + w[3 + c1]) / 2 for c0, c1 in CODES])
+    assert torch.allclose(m.items().detach(), expected)
+    assert table().codes.shape[1] == 3, "the disambiguation token exists but is not used"
+
+
+def test_prefix_rows_and_pooling():
+    rows, n = prefix_rows(CODES)
+    # prefixes: (0), (0,0), (0,1), (1), (1,0), (2), (2,1) -> 7 rows; items 0 and 5 share both
+    assert n == 7 and (rows[0] == rows[5]).all() and rows[0, 0] == rows[1, 0] and rows[0, 1] != rows[1, 1]
+    m = ranker("sid_prefix")
+    w = m.items.sid_emb.weight.detach()
+    assert torch.allclose(m.items().detach(), torch.stack([w[r].mean(0) for r in rows]))
+    hashed, size = prefix_rows(CODES, table_size=4)
+    assert size == 4 and hashed.max() < 4 and (hashed[0] == hashed[5]).all()
+    assert (prefix_rows(CODES, table_size=4)[0] == hashed).all()  # a stable hash
+
+
+@pytest.mark.parametrize("combine", ["sum", "gate"])
+def test_cold_items_use_their_sid_part_alone(combine):
+    m = ranker("id+sid_prefix", combine=combine)
+    emb, sid = m.items().detach(), m.items.sid_part().detach()
+    assert torch.allclose(emb[3], sid[3]) and emb[3].abs().sum() > 0  # item 3 was never trained on
+    assert not torch.allclose(emb[0], sid[0])
+    if combine == "gate":  # the gate grows with popularity
+        g = m.items.id_weight().detach().squeeze(1)
+        assert g[3] == 0 and g[0] > g[4] > g[1] > g[2] > 0
+
+
+def test_rerank_returns_only_candidates_each_once():
+    cands = np.array([[4, 2, 0, -1], [1, 5, 3, 0]])
+    rk = np.array([[0.1, 0.9, 0.5, 0.0], [0.3, 0.2, 0.8, -1.0]])
+    gen = np.array([[-0.1, -3.0, -2.0, -np.inf], [-1.0, -0.5, -4.0, -5.0]])
+    items, _ = rerank(cands, rk, k=4)
+    assert items.tolist() == [[2, 0, 4, -1], [3, 1, 5, 0]]
+    items, _ = rerank(cands, rk, gen, weight=1.0, k=3)
+    assert items.tolist() == [[4, 0, 2], [5, 1, 3]]
+    m = ranker("id+sid")
+    sc = candidate_scores(m, HIST[:2], cands)
+    full = m.eval().scores(torch.as_tensor(HIST[:2])).detach().numpy()
+    assert np.isneginf(sc[0, 3]) and np.allclose(sc[1], full[1, cands[1]], atol=1e-5)
+    for row_c, row_i in zip(cands, rerank(cands, sc, k=4)[0], strict=True):
+        assert sorted(row_i.tolist()) == sorted(row_c.tolist())
+
+
+def test_exclude_history_and_same_seed_same_scores():
+    a, b, c = ranker("id+sid_prefix", seed=3), ranker("id+sid_prefix", seed=3), ranker("id+sid_prefix", seed=4)
+    h = torch.as_tensor(HIST)
+    assert torch.equal(a.eval().scores(h), b.eval().scores(h))
+    assert not torch.equal(a.scores(h), c.eval().scores(h))
+    items, _ = rank_full(a, HIST, 3, exclude_history=True)
+    for row, hist in zip(items, HIST, strict=True):
+        assert not set(row.tolist()) & set(hist[hist >= 0].tolist())
+
+
+def test_sampled_loss_runs_and_full_loss_ignores_padding():
+    m = ranker("id+sid", loss="sampled")
+    x = torch.as_tensor(HIST)
+    y = torch.as_tensor([[-1, -1, 1, 2, 4], [-1, -1, -1, -1, 0], [3, 1, 0, 5, 2]])
+    full = m.loss(x, y)
+    y2 = y.clone()
+    y2[0, :2] = -1
+    assert torch.equal(full, m.loss(x, y2)) and full > 0
+    neg = torch.tensor([0, 1, 2, 3, 4, 5])
+    sampled = m.loss(x, y, neg, torch.full((6,), np.log(1.0)))
+    assert torch.isfinite(sampled) and torch.allclose(sampled, full, atol=1e-5)  # every item drawn, q = 1/6 * 6
+
+
+def test_save_load_round_trip_and_bad_directories(tmp_path):
+    m = ranker("id+sid_prefix", combine="gate").eval()
+    save_ranker(m, table(), tmp_path / "r", {"split": {"max_history": 5}}, titles=list("abcdef"))
+    m2, t2, info = load_ranker(tmp_path / "r")
+    h = torch.as_tensor(HIST)
+    assert torch.equal(m.scores(h), m2.scores(h)) and t2.item_ids == table().item_ids
+    assert info["split"] == {"max_history": 5} and info["titles"]["i2"] == "c"
+    from mmq_rec.recdata.errors import DataError
+
+    with pytest.raises(DataError, match="not a ranker directory"):
+        load_ranker(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(DataError):  # a folder that is not ours is never replaced
+        save_ranker(m, table(), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rank")
+    synthetic_catalogue(SyntheticConfig(num_items=150, num_users=200, num_topics=6, seed=0)).save(d / "ds")
+    assert main(["tokenize", "--dataset", str(d / "ds"), "--tokenizer", "rqkmeans", "--modalities", "text",
+                 "--output", str(d / "tok"), "--tokenize.rqkmeans.codebook_size", "8", "--json",
+                 "--encode.cache_dir", ""]) == 0
+    return d
+
+
+SMALL = ["--ranker.d_model", "16", "--ranker.epochs", "4", "--ranker.batch_size", "32", "--ranker.lr", "3e-3"]
+
+
+def rank_train(d, out, *extra):
+    return main(["rank", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"), "--output", str(out),
+                 "--json", *SMALL, *extra])
+
+
+def test_rank_commands_train_evaluate_recommend_and_resume(tokenized, tmp_path, capsys):
+    d = tokenized
+    assert rank_train(d, tmp_path / "r", "--ranker.epochs", "2") == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["epochs"] == 2 and len(first["history"]) == 2
+    assert rank_train(d, tmp_path / "r") == 0  # more epochs: resumes after epoch 2
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["epochs"] == 4 and resumed["history"][:2] == first["history"]
+    assert rank_train(d, tmp_path / "full") == 0
+    full = json.loads(capsys.readouterr().out)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full["history"]]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]] == strip
+
+    ev = ["rank", "evaluate", "--dataset", str(d / "ds"), "--ranker", str(tmp_path / "r" / "best"), "--json"]
+    assert main(ev) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["users"] == 200 and res["metrics"]["all"]["invalid_rate"] == 0.0 and res["mode"] == "full"
+    assert main([*ev, "--exclude-history"]) == 0
+    assert json.loads(capsys.readouterr().out)["exclude_history"] is True
+
+    assert main(["recommend", "--ranker", str(tmp_path / "r" / "best"), "--history", "syn00001", "syn00002",
+                 "--k", "5", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)["recommendations"]
+    assert len(recs) == 5 and len({r["item_id"] for r in recs}) == 5
+
+
+def test_rank_errors_are_one_line(tokenized, tmp_path, capsys):
+    d = tokenized
+    ev = ["rank", "evaluate", "--dataset", str(d / "ds")]
+    assert main([*ev, "--ranker", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmq rank evaluate: error:") and "mmq rank train" in err and len(err.splitlines()) == 1
+    # a ranker trained on another dataset's items
+    synthetic_catalogue(SyntheticConfig(num_items=120, num_users=150, num_topics=5, seed=1)).save(tmp_path / "other")
+    assert main(["tokenize", "--dataset", str(tmp_path / "other"), "--tokenizer", "random", "--modalities", "text",
+                 "--output", str(tmp_path / "otok"), "--json", "--encode.cache_dir", ""]) == 0
+    assert main(["rank", "train", "--dataset", str(tmp_path / "other"), "--tokenizer-dir", str(tmp_path / "otok"),
+                 "--output", str(tmp_path / "or"), "--json", *SMALL, "--ranker.epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*ev, "--ranker", str(tmp_path / "or" / "best")]) == 2
+    assert "not this dataset" in capsys.readouterr().err
+    # the tokenizer of another dataset
+    assert main(["rank", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(tmp_path / "otok"),
+                 "--output", str(tmp_path / "y"), *SMALL]) == 2
+    assert "SID table's items are not the dataset's" in capsys.readouterr().err
+    # a damaged ranker directory
+    shutil.copytree(tmp_path / "or" / "best", tmp_path / "bad")
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"garbage")
+    assert main([*ev, "--ranker", str(tmp_path / "bad")]) == 2
+    assert "corrupted" in capsys.readouterr().err
+    assert main([*ev, "--ranker", str(tmp_path / "or" / "best"), "--candidates", "50"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["rank", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"),
+                 "--ranker.representation", "ids"]) == 2
+    assert "ranker.representation" in capsys.readouterr().err
