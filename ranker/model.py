@@ -58,13 +58,13 @@ class RankerConfig:
     """full (softmax over the whole catalogue) or sampled (shared negatives with a log-Q correction)."""
     num_negatives: int = 1024
     """sampled loss: negatives per batch, drawn by training popularity."""
-    epochs: int = 60
+    epochs: int = 30
     """Most passes over the training windows."""
-    batch_size: int = 128
+    batch_size: int = 256
     """Training windows per step."""
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
-    patience: int = 5
+    patience: int = 2
     """Stop after this many epochs without a better validation metric."""
     metric: str = "ndcg@10"
     """Validation metric for early stopping and checkpoint choice."""
@@ -158,6 +158,14 @@ class ItemRepresentation(nn.Module):
                 prefix_index, num_prefix_rows = prefix_rows(codes, cfg.prefix_table_size)
             self.register_buffer("sid_rows", torch.as_tensor(prefix_index, dtype=torch.long))
             self.sid_emb = nn.Embedding(int(num_prefix_rows), d)
+        if self.sid_emb is not None:
+            # A row (code or prefix) that no training item uses gets only negative gradients (its items
+            # are never a target) and would rank its items last: pooling skips such rows, so an item
+            # unseen in training is represented by the codes and prefixes it shares with seen items.
+            rows = self.sid_rows
+            trained = torch.zeros(self.sid_emb.num_embeddings, dtype=torch.bool)
+            trained[rows[torch.as_tensor(np.asarray(counts) > 0)].reshape(-1)] = True
+            self.register_buffer("sid_keep", trained[rows].float())
         if self.sid_emb is not None and self.id_emb is not None and cfg.combine == "gate":
             self.gate = nn.Parameter(torch.tensor([1.0, -2.0]))  # g = sigmoid(a log(1 + n) + b)
         else:
@@ -171,7 +179,9 @@ class ItemRepresentation(nn.Module):
         return len(self.counts)
 
     def sid_part(self) -> torch.Tensor:
-        return self.sid_emb(self.sid_rows).mean(dim=1)
+        """(N, d): the mean of each item's code (sid) or prefix (sid_prefix) rows that training items use."""
+        keep = self.sid_keep[..., None]
+        return (self.sid_emb(self.sid_rows) * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
     def id_weight(self) -> torch.Tensor:
         """(N, 1) weight of the ID part: 1 (sum) or the gate, and 0 for items unseen in training

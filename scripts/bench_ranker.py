@@ -4,7 +4,8 @@ protocol) and excluded; a learning curve; and the best SID ranker (chosen on val
 re-ranking a generator's top-N candidates.
 
     python scripts/bench_ranker.py --dataset DATA --tokenizer rqkmeans=TOK_DIR [--tokenizer mmq=TOK_DIR] \\
-        --work WORK_DIR [--generator GEN_DIR] [--seeds 0 1 2] [--single-seed-rows LABEL ...] [-- OVERRIDES]
+        --work WORK_DIR [--generator GEN_DIR] [--seeds 0 1 2] [--single-seed-rows LABEL ...] [--skip LABEL ...] \\
+        [-- OVERRIDES]
 
 Training runs live in WORK_DIR/<label>-s<seed> and are resumed or reused when the script is rerun
 (each is an `mmq rank train` run directory). OVERRIDES are configuration overrides for every run
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--single-seed-rows", nargs="*", default=[],
                     help="labels (e.g. 'sid (mmq)') trained with the first seed only, to save time")
+    ap.add_argument("--skip", nargs="*", default=[], help="labels of rows not to run (e.g. 'sid_prefix (mmq)')")
     ap.add_argument("--generator", help="generator run's best/ directory, for generate -> rank")
     ap.add_argument("--candidates", nargs="+", type=int, default=[50, 100, 200])
     ap.add_argument("--rerank-users", type=int, default=0,
@@ -80,10 +82,12 @@ def main() -> None:
             rows.append((_label(None, rep), next(iter(toks)), rep))
         else:
             rows += [(_label(t, rep), t, rep) for t in toks]
+    rows = [r for r in rows if r[0] not in args.skip]
     runs: dict[str, list[dict]] = {}
-    for label, tok, rep in rows:
-        seeds = args.seeds[:1] if label in args.single_seed_rows else args.seeds
-        for seed in seeds:
+    for seed in args.seeds:  # every row's first seed before any row's second
+        for label, tok, rep in rows:
+            if seed != args.seeds[0] and label in args.single_seed_rows:
+                continue
             pipe = pipe_for(seed, rep)
             out = work / f"{_slug(label)}-s{seed}"
             print(f"== {label}, seed {seed} -> {out}", file=sys.stderr, flush=True)

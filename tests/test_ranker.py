@@ -70,6 +70,18 @@ def test_prefix_rows_and_pooling():
     assert (prefix_rows(CODES, table_size=4)[0] == hashed).all()  # a stable hash
 
 
+def test_rows_no_training_item_uses_are_skipped():
+    """An unseen item's own code or prefix only ever gets negative gradients: it is left out of the pooling."""
+    t = SIDTable.from_codes(["a", "b", "c"], np.array([[0, 0], [0, 1], [1, 1]]), [2, 2])
+    cfg = {"d_model": 8, "num_heads": 2, "max_history": 5}
+    sid = build_ranker(RankerConfig(representation="sid", **cfg), t, np.array([4, 2, 0]))
+    w = sid.items.sid_emb.weight.detach()
+    assert torch.allclose(sid.items()[2].detach(), w[2 + 1])  # code 1 at position 0 is c's alone: skipped
+    assert torch.allclose(sid.items()[0].detach(), (w[0] + w[2]) / 2)
+    pre = build_ranker(RankerConfig(representation="sid_prefix", **cfg), t, np.array([4, 2, 0]))
+    assert pre.items()[2].abs().sum() == 0  # both of c's prefixes are its own
+
+
 @pytest.mark.parametrize("combine", ["sum", "gate"])
 def test_cold_items_use_their_sid_part_alone(combine):
     m = ranker("id+sid_prefix", combine=combine)
