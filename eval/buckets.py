@@ -47,6 +47,16 @@ class PopularityBuckets:
     def sizes(self) -> dict[str, int]:
         return {b: int(m.sum()) for b, m in self.masks.items()}
 
+    def deciles_of_targets(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """`decile_1` (the most popular tenth of items) .. `decile_10` -> boolean mask over users,
+        from each user's target item (items ranked as for the buckets)."""
+        n = len(self.popularity)
+        order = np.lexsort((np.arange(n), -self.popularity))
+        decile = np.empty(n, dtype=np.int64)
+        decile[order] = np.arange(n) * 10 // max(n, 1)
+        t = decile[np.asarray(targets, dtype=np.int64)]
+        return {f"decile_{d + 1}": t == d for d in range(10)}
+
 
 def popularity_buckets(train_sequences: Sequence[np.ndarray], num_items: int,
                        config: BucketConfig | None = None) -> PopularityBuckets:

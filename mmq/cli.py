@@ -181,6 +181,31 @@ def _rank_evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
                           f"in {result['decode_seconds']}s on {result['device']}.")
 
 
+def _benchmark(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq_rec.benchmark import run_benchmark
+
+    out = args.output or cfg.output_dir
+    report = run_benchmark(cfg, out, show_progress=not args.json, log=(lambda s: None) if args.json else print,
+                           command="mmq " + " ".join(sys.argv[1:]), overwrite=args.overwrite)
+    if not args.json:
+        print("\n".join(report["answers"]))
+        print(f"report -> {report['files']['html']} (also report.md, report.json)")
+    return {"files": report["files"], "answers": report["answers"]}
+
+
+def _report(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq_rec.benchmark import compose_from_files, write_report_files
+    from mmq_rec.recdata.io import claim_dir
+
+    out = claim_dir(args.output, "report", inputs=tuple(args.runs))
+    report = compose_from_files(args.runs, args.title)
+    files = write_report_files(report, out)
+    if not args.json:
+        print("\n".join(report["answers"]))
+        print(f"report -> {files['html']} (also report.md, report.json)")
+    return {"files": files, "answers": report["answers"]}
+
+
 def _read_users_file(path: str) -> tuple[list[list[str]], list[str]]:
     histories, users = [], []
     try:
@@ -389,6 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--user", help="the user's id (needed by a generator trained with hashed user tokens)")
     sp.add_argument("--users-file", help="JSON lines {\"user_id\": ..., \"history\": [item ids]}")
     sp.add_argument("--k", type=_positive_int, default=10, help="recommendations per user (>= 1)")
+
+    sp = add("benchmark", _benchmark, "Run the pipeline for every tokenizer in benchmark.tokenizers over "
+                                      "benchmark.seeds, plus the item-ID ranker and popularity, and write "
+                                      "report.md, report.json and report.html (stages cached; rerun to resume).")
+    sp.add_argument("--dataset", help="prepared dataset directory (or set benchmark.source in the config)")
+    sp.add_argument("--output", help="benchmark directory (default: config output_dir)")
+    overwrite(sp)
+    device(sp)
+
+    sp = add("report", _report, "Compose one report (Markdown, JSON, HTML) from earlier benchmark directories and "
+                                "--report JSON files of evaluate / rank evaluate / baseline.")
+    sp.add_argument("runs", nargs="+", help="benchmark output directories or report JSON files")
+    sp.add_argument("--output", required=True, help="directory for report.md, report.json, report.html")
+    sp.add_argument("--title", default="MMQ-Rec report")
 
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
     sp.add_argument("--output", help="output directory (default: config output_dir, runs/demo)")

@@ -15,6 +15,7 @@ sections are in `Config.__post_init__`."""
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import inspect
 import re
@@ -139,6 +140,31 @@ class EvalConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    tokenizers: list[str] = field(default_factory=lambda: ["mmq", "rqkmeans", "rqvae", "random"])
+    """Item tokenizations compared by `mmq benchmark` (each with the same generator and ranker settings);
+    `external` uses tokenize.external.path (e.g. LETTER's SIDs)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of every trained system (mean ± std over them)."""
+    generator: bool = True
+    """Train and evaluate the generator for each tokenization."""
+    ranker: bool = True
+    """Train the ranker (ranker.representation) for each tokenization, and the item-ID ranker (SASRec) once."""
+    generate_rank: bool = True
+    """Evaluate generate -> rank (the generator's top ranker.candidates[0] re-ranked), when both are trained."""
+    source: str = ""
+    """A raw dataset to prepare into OUTPUT/data when data.dataset is empty (with source_format)."""
+    source_format: str = "jsonl"
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tokenizers if t not in TOKENIZERS]
+        if not self.tokenizers or unknown:
+            raise ValueError(f"tokenizers: must list tokenizers from {', '.join(TOKENIZERS)} (got {self.tokenizers!r})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
+            raise ValueError(f"seeds: must list distinct seeds in [0, 2**32) (got {self.seeds!r})")
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for every random choice (same seed + same data -> same results on CPU)."""
@@ -156,6 +182,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -420,6 +447,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise DataError(e.reason, path=path, field=e.field) from None
         raise
     return cfg
+
+
+def updated(cfg: Config, values: dict[str, Any]) -> Config:
+    """A checked copy of `cfg` with `values` (a nested dict) set; settings derived from a changed
+    one follow it (e.g. every per-stage seed follows `seed`)."""
+    new = copy.deepcopy(cfg)
+    _update(new, values)
+    _apply_derived(new, _leaf_keys(values))
+    validate(new)
+    return new
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.ranker.model import SequentialRanker, build_ranker, load_ranker
 from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
+from mmq_rec.ranker.train import check_single_process, train_ranker
 from mmq_rec.ranker.train import read_checkpoint as read_ranker_checkpoint
-from mmq_rec.ranker.train import train_ranker
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json, write_text
 from mmq_rec.recdata.schema import RecDataset
@@ -161,14 +161,24 @@ def rank_part(rec: Recommender, part: SplitPart, cfg: Config, show_progress: boo
     the items of each history are dropped from it before the top max(ks) are taken."""
     users = [user_ids[u] for u in part.users] if user_ids is not None and rec.codec.uses_users else None
     kmax = max(cfg.eval.ks)
-    k = cfg.decode.beam_width if exclude_history else kmax
-    items, _ = rec.rank(torch.from_numpy(part.histories), k=k, beam_width=cfg.decode.beam_width,
+    width = exclusion_beam(cfg, part.histories.shape[1]) if exclude_history else cfg.decode.beam_width
+    items, _ = rec.rank(torch.from_numpy(part.histories), k=width if exclude_history else kmax, beam_width=width,
                         batch_size=cfg.decode.batch_size, show_progress=show_progress, users=users)
     if exclude_history:
-        seen = (items[:, :, None] == part.histories[:, None, :]).any(axis=2) & (items >= 0)
+        seen = _in_history(items, part.histories)
         order = np.argsort(seen, axis=1, kind="stable")  # unseen items first, in beam order
         items = np.take_along_axis(np.where(seen, -1, items), order, axis=1)
     return items[:, :kmax]
+
+
+def exclusion_beam(cfg: Config, history_length: int) -> int:
+    """The beam width that still fills the top max(ks) after a full history's items are dropped."""
+    return max(cfg.decode.beam_width, max(cfg.eval.ks) + history_length)
+
+
+def _in_history(items: np.ndarray, histories: np.ndarray) -> np.ndarray:
+    """(U, K) mask: the item is one of the user's history items (-1 never is)."""
+    return (items[:, :, None] == histories[:, None, :]).any(axis=2) & (items >= 0)
 
 
 def training_rows(split: Split, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -380,7 +390,8 @@ class Pipeline:
         t0 = time.perf_counter()
         items = rank(part)
         seconds = max(time.perf_counter() - t0, 1e-9)
-        res = evaluate_rankings(items, part.targets, ds.num_items, self.cfg.eval.ks, buckets.of_targets(part.targets))
+        groups = {**buckets.of_targets(part.targets), **buckets.deciles_of_targets(part.targets)}
+        res = evaluate_rankings(items, part.targets, ds.num_items, self.cfg.eval.ks, groups)
         return {"split": split_name, "users": len(part), "decode_seconds": round(seconds, 1),
                 "users_per_second": round(len(part) / seconds, 1), "metrics": res, "buckets": buckets.sizes()}
 
@@ -394,7 +405,8 @@ class Pipeline:
         check_split(rec.info.get("split"), self.cfg, model_dir, "generator")
         out = self._evaluate(ds, split_name, lambda part: rank_part(rec, part, self.cfg, self.show_progress,
                                                                      ds.user_ids(), exclude_history))
-        return {**out, "beam_width": self.cfg.decode.beam_width, "device": str(rec.model.device),
+        width = exclusion_beam(self.cfg, self.cfg.data.max_history) if exclude_history else self.cfg.decode.beam_width
+        return {**out, "beam_width": width, "device": str(rec.model.device),
                 "dtype": self.cfg.decode.dtype, "exclude_history": exclude_history}
 
     def baseline(self, ds: RecDataset, method: str, split_name: str = "test",
@@ -428,6 +440,7 @@ class Pipeline:
         """Train the ranker (`cfg.ranker`) on the training split, every position a target, keeping
         the epoch best on validation (all validation users) in OUTPUT/best. Rerunning resumes."""
         cfg = self.cfg
+        check_single_process()
         table = self._checked_table(ds, tokenizer_dir)
         inputs = (ds.meta.get("path"), tokenizer_dir)
         check_output(output, "ranker-run", overwrite=overwrite, inputs=inputs, replaces=False)
@@ -508,7 +521,8 @@ class Pipeline:
         n = candidates or cfg.ranker.candidates[0]
         if n < kmax:
             raise DataError(f"must be >= max(eval.ks) = {kmax} (got {n})", field="candidates")
-        key = str(Path(generator).resolve())
+        weights = Path(generator) / "model.safetensors"
+        key = f"{Path(generator).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
         if key not in self._recommenders:  # kept, with its decoded candidates, for the next ranker
             self._recommenders[key] = self.recommender(generator)
         rec = self._recommenders[key]
@@ -529,10 +543,13 @@ class Pipeline:
 
         def rank(part: SplitPart) -> np.ndarray:
             items, gen = self._generator_candidates(rec, part, n, user_ids)
+            if exclude_history:
+                items = np.where(_in_history(items, part.histories), -1, items)
             held.append(float((items == part.targets[:, None]).any(axis=1).mean()))
             return rerank(items, candidate_scores(model, part.histories, items), gen, weight, kmax)[0]
         out = self._evaluate(ds, split_name, rank, max_users)
         return {**out, "mode": "generate->rank", "candidates": n, "fusion_weight": weight, "candidate_recall": held[0],
+                "exclude_history": exclude_history,
                 f"valid_{cfg.ranker.metric}_by_weight": {str(w): round(v, 5) for w, v in choice.items()},
                 "device": str(model.device)}
 

@@ -51,12 +51,35 @@ def read_checkpoint(run: str | Path) -> dict[str, Any] | None:
         return None
     try:
         state = read_json(ck / "state.json")
+        missing = [k for k in ("epoch", "best_epoch", "best_metric", "bad_epochs", "history", "optimizer_meta")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"state.json lacks {missing}")
         state["model"] = load_file(str(ck / WEIGHTS_FILE))
         state["optimizer"] = load_file(str(ck / "optimizer.safetensors"))
-    except (OSError, ValueError, KeyError, DataError) as e:
+    except Exception as e:  # safetensors, JSON and shape errors come in many types
         raise DataError(f"cannot read the ranker checkpoint ({type(e).__name__}); rerun with --overwrite to start "
                         "afresh", path=ck) from None
     return state
+
+
+def _check_continuation(history: list[dict[str, Any]], epochs: int, patience: int, metric: str, run: Path) -> None:
+    """A run resumed with fewer epochs or a smaller patience than it already trained under would
+    report a run that its settings would have stopped earlier: refuse it."""
+    best, bad = -1.0, 0
+    for e, row in enumerate(history, start=1):
+        if e > epochs or bad >= patience:
+            raise DataError(f"this run already trained {len(history)} epochs, past where --ranker.epochs {epochs} / "
+                            f"--ranker.patience {patience} stop; use the earlier values, another --output, or "
+                            "--overwrite", path=run)
+        value = row[f"valid_{metric}"]
+        best, bad = (value, 0) if value > best else (best, bad + 1)
+
+
+def check_single_process() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DataError("the ranker trains in one process (it takes minutes on a CPU); run it without "
+                        "accelerate launch / torchrun")
 
 
 def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarray, table: SIDTable,
@@ -66,9 +89,7 @@ def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarra
                  log: Callable[[str], None] = print, titles: list[str] | None = None) -> dict[str, Any]:
     """Train `model` on (N, W) windows with (N, W) next-item targets (-1: no target), keeping the
     epoch best on `validate` in OUTPUT/best (a `save_ranker` directory). Returns the run state."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise DataError("the ranker trains in one process (it takes minutes on a CPU); run it without "
-                        "accelerate launch / torchrun")
+    check_single_process()
     cfg = model.cfg
     output = Path(output)
     acc = make_accelerator(device)
@@ -85,9 +106,13 @@ def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarra
                              "train_seconds": 0.0}
     ck = read_checkpoint(output)
     if ck is not None:
-        model.load_state_dict(ck.pop("model"))
-        meta = ck.pop("optimizer_meta")
-        _load_optimizer(optim, {k: v.to(dev) for k, v in ck.pop("optimizer").items()}, meta)
+        _check_continuation(ck["history"], cfg.epochs, cfg.patience, cfg.metric, output / CHECKPOINT)
+        try:
+            model.load_state_dict(ck.pop("model"))
+            _load_optimizer(optim, ck.pop("optimizer"), ck.pop("optimizer_meta"))  # moved to the parameters' device
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise DataError(f"the ranker checkpoint does not fit this model ({type(e).__name__}); rerun with "
+                            "--overwrite to start afresh", path=output / CHECKPOINT) from None
         state.update(ck)
         log(f"resuming the ranker after epoch {state['epoch']} (best {cfg.metric} {state['best_metric']:.4f} "
             f"at epoch {state['best_epoch']})")

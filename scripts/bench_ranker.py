@@ -35,7 +35,6 @@ PUBLISHED = [  # ../shared/docs/PROTOCOL.md, not run here
     "TIGER (paper): R@10 .0648 / N@10 .0384",
     "eSASRec (RecSys'25; history excluded): R@10 .0928 / N@10 .0523",
 ]
-KS = [5, 10, 20]
 
 
 def _label(tok: str | None, rep: str) -> str:
@@ -75,6 +74,11 @@ def main() -> None:
                                     log=lambda s: print(s, file=sys.stderr, flush=True))
 
     evaluator = pipe_for(args.seeds[0])  # one split, one user sample for every run
+    if evaluator.cfg.eval.cold_start_fraction > 0 and len(args.seeds) > 1:
+        sys.exit("bench_ranker: a cold-start split is drawn by the seed: run one seed per invocation")
+    if 10 not in evaluator.cfg.eval.ks:
+        sys.exit("bench_ranker: the report is about Recall@10: eval.ks must include 10")
+    ks = list(evaluator.cfg.eval.ks)
     ds = evaluator.dataset(args.dataset)
     rows: list[tuple[str, str, str]] = []  # (label, tokenizer name, representation)
     for rep in args.representations:
@@ -126,7 +130,8 @@ def main() -> None:
                 "decode_seconds": [p["generate_rank"]["decode_seconds"] for p in per_seed],
             }
             rr = rerank[str(n)]
-            rr["ratio_recall@10"] = rr["generate_rank"]["all"]["recall@10"] / rr["full_same_users"]["all"]["recall@10"]
+            full10 = rr["full_same_users"]["all"]["recall@10"]
+            rr["ratio_recall@10"] = rr["generate_rank"]["all"]["recall@10"] / full10 if full10 > 0 else None
 
     summary = {}
     if id_label and best_sid:
@@ -135,9 +140,10 @@ def main() -> None:
             "id_recall10": a["all"]["recall@10"], "id_tail_recall10": a["tail"]["recall@10"],
             "best_sid": best_sid, "best_sid_recall10": b["all"]["recall@10"],
             "best_sid_tail_recall10": b["tail"]["recall@10"],
-            "best_sid_cold_recall10": b.get("cold", {}).get("recall@10", 0.0),
+            "best_sid_cold_recall10": b.get("cold", {}).get("recall@10"),  # None: no cold test user
             "tail_ratio": b["tail"]["recall@10"] / max(a["tail"]["recall@10"], 1e-12),
-            "pipeline_to_full_ratio": max((v["ratio_recall@10"] for v in rerank.values()), default=None),
+            "pipeline_to_full_ratio": max((v["ratio_recall@10"] for v in rerank.values()
+                                           if v["ratio_recall@10"] is not None), default=None),
         }
     env = {"device": device, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
            "torch": torch.__version__, "python": platform.python_version(),
@@ -145,7 +151,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d")}
     cmd = "python scripts/bench_ranker.py " + " ".join(sys.argv[1:])
     write_json(Path(args.out).with_suffix(".json"), {
-        "generated_by": "scripts/bench_ranker.py", "command": cmd, "environment": env, "ks": KS,
+        "generated_by": "scripts/bench_ranker.py", "command": cmd, "environment": env, "ks": ks,
         **summary, "config": {"overrides": overrides, "ranker": json.loads(json.dumps(evaluator.cfg.ranker.__dict__))},
         "results": agg, "results_history_excluded": agg_excl, "rerank": rerank,
         "runs": {label: [{"seed": r["seed"], "run": r["run"], "epochs": r["train"]["epochs"],
@@ -155,7 +161,7 @@ def main() -> None:
                           "test_history_excluded": r["test_history_excluded"]["metrics"]} for r in rs]
                  for label, rs in runs.items()}})
     write_text(Path(args.out).with_suffix(".md"), render(args, cmd, env, runs, agg, agg_excl, rerank, summary,
-                                                           best_sid, id_label, metric, ds.name))
+                                                           best_sid, id_label, metric, ds.name, ks))
     print(json.dumps(summary, indent=1))
 
 
@@ -166,7 +172,7 @@ def _curve(runs: list[dict]) -> list[float]:
     return [float(np.mean([h[e]["valid_recall@10"] for h in hist])) for e in range(n)]
 
 
-def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_label, metric, name) -> str:
+def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_label, metric, name, ks) -> str:
     seeds = {label: len(rs) for label, rs in runs.items()}
     minutes = {label: np.mean([r["train"]["train_seconds"] for r in rs]) / 60 for label, rs in runs.items()}
     out = [f"# Ranker on {name}: item-ID vs semantic-ID item representations",
@@ -183,13 +189,14 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
         out.append(f"**Summary.** Item-ID ranker (SASRec): R@10 {s['id_recall10']:.4f}, tail {s['id_tail_recall10']:.4f}. "
                    f"Best SID ranker on validation, **{best_sid}**: R@10 {s['best_sid_recall10']:.4f}, tail "
                    f"{s['best_sid_tail_recall10']:.4f} ({s['tail_ratio']:.2f}× the item-ID ranker's), cold "
-                   f"{s['best_sid_cold_recall10']:.4f}." + (
+                   + ("n/a (no cold test user)" if s["best_sid_cold_recall10"] is None
+                      else f"{s['best_sid_cold_recall10']:.4f}") + "." + (
                        f" Generate → rank keeps {s['pipeline_to_full_ratio']:.2f}× of the full-catalogue R@10 at best."
                        if s.get("pipeline_to_full_ratio") else ""))
     for g in BUCKET_TITLES:
         if any(g in r for r in agg.values()):
-            out += [f"## {BUCKET_TITLES[g]}", metrics_table(agg, g, KS)]
-    out += ["## History excluded (RecBole's and eSASRec's convention), all test users", metrics_table(agg_excl, "all", KS)]
+            out += [f"## {BUCKET_TITLES[g]}", metrics_table(agg, g, ks)]
+    out += ["## History excluded (RecBole's and eSASRec's convention), all test users", metrics_table(agg_excl, "all", ks)]
     curves = {label: _curve(runs[label]) for label in (id_label, best_sid) if label}
     if curves:
         n = max(len(c) for c in curves.values())
@@ -206,7 +213,8 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
             g, f = v["generate_rank"], v["full_same_users"]
             lines.append(f"| {n} | {v['candidate_recall']:.4f} | {g['all']['recall@10']:.4f} | {g['all']['ndcg@10']:.4f} "
                          f"| {g['tail'].get('recall@10', 0):.4f} | {f['all']['recall@10']:.4f} | "
-                         f"{v['ratio_recall@10']:.3f} | {v['fusion_weights']} |")
+                         f"{'n/a' if v['ratio_recall@10'] is None else format(v['ratio_recall@10'], '.3f')} | "
+                         f"{v['fusion_weights']} |")
         out += [f"## Generate → rank: {best_sid} re-ranking the generator's beam-search top N",
                 f"Generator `{args.generator}`; {users:,} test users"
                 + (" (a fixed random sample)" if args.rerank_users else "") + ".", "\n".join(lines)]

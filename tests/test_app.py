@@ -198,10 +198,12 @@ def test_demo_runs_and_is_deterministic(tmp_path, capsys):
     assert "SYNTHETIC DATA" in out and "kNN(collaborative)" in out and "MMQ + generator" in out
     assert "[tokenize] tokenizer mmq" in out
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["results"]["popularity"]["all"]["users"] == 400
-    assert report["results"]["MMQ + generator"]["all"]["invalid_rate"] == 0.0
+    results = {k: v["metrics"] for k, v in report["systems"].items()}
+    assert results["popularity"]["all"]["users"] == 400
+    assert results["MMQ + generator"]["all"]["invalid_rate"] == 0.0
     for row in ("ranker (id)", "ranker (id+sid_prefix)", "generate(50) -> ranker (id+sid_prefix)"):
-        assert report["results"][row]["all"]["users"] == 400 and report["results"][row]["all"]["invalid_rate"] == 0.0
+        assert results[row]["all"]["users"] == 400 and results[row]["all"]["invalid_rate"] == 0.0
+    assert f"report -> {tmp_path / 'a' / 'report.html'}" in out and report["answers"][0].startswith("Best overall")
     assert (tmp_path / "a" / "ranker-id_sid_prefix" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "generator" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# MMQ-Rec demo (synthetic data)")
@@ -211,7 +213,8 @@ def test_demo_runs_and_is_deterministic(tmp_path, capsys):
     assert s["image"]["image_style"] > 0.8 and s["text"]["image_style"] < 0.5
     assert main(["demo", "--output", str(tmp_path / "b"), "--json", *SMALL]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["synthetic"] is True and again["test"] == report["results"]
+    assert again["synthetic"] is True
+    assert again["test"] == {k: v["runs"][0]["metrics"] for k, v in report["systems"].items()}
 
 
 def test_encode_command(tmp_path, capsys, monkeypatch):

@@ -132,6 +132,16 @@ def test_sampled_loss_runs_and_full_loss_ignores_padding():
     assert torch.isfinite(sampled) and torch.allclose(sampled, full, atol=1e-5)  # every item drawn, q = 1/6 * 6
 
 
+@pytest.mark.parametrize("rep,kw", [("id", {}), ("sid", {}), ("id+sid", {"combine": "sum"}),
+                                    ("sid_prefix", {"prefix_table_size": 4}), ("id+sid_prefix", {"id_dropout": 0.5})])
+def test_every_representation_round_trips(tmp_path, rep, kw):
+    m = ranker(rep, **kw).eval()
+    save_ranker(m, table(), tmp_path / "r")
+    m2, _, _ = load_ranker(tmp_path / "r")
+    h = torch.as_tensor(HIST)
+    assert torch.equal(m.scores(h), m2.scores(h)) and m2.cfg == m.cfg
+
+
 def test_save_load_round_trip_and_bad_directories(tmp_path):
     m = ranker("id+sid_prefix", combine="gate").eval()
     save_ranker(m, table(), tmp_path / "r", {"split": {"max_history": 5}}, titles=list("abcdef"))
@@ -157,6 +167,10 @@ def tokenized(tmp_path_factory):
     assert main(["tokenize", "--dataset", str(d / "ds"), "--tokenizer", "rqkmeans", "--modalities", "text",
                  "--output", str(d / "tok"), "--tokenize.rqkmeans.codebook_size", "8", "--json",
                  "--encode.cache_dir", ""]) == 0
+    assert main(["train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"), "--output", str(d / "gen"),
+                 "--json", "--train.max_steps", "6", "--train.eval_every", "3", "--generator.d_model", "32",
+                 "--generator.num_layers", "1", "--generator.num_decoder_layers", "1", "--generator.d_kv", "16",
+                 "--generator.num_heads", "2", "--generator.d_ff", "64", "--decode.valid_users", "50"]) == 0
     return d
 
 
@@ -192,6 +206,36 @@ def test_rank_commands_train_evaluate_recommend_and_resume(tokenized, tmp_path, 
                  "--k", "5", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)["recommendations"]
     assert len(recs) == 5 and len({r["item_id"] for r in recs}) == 5
+
+    # fewer epochs than the run already trained: refused, not reported as if it were that run
+    assert rank_train(d, tmp_path / "r", "--ranker.epochs", "3") == 2
+    assert "already trained 4 epochs" in capsys.readouterr().err
+
+
+def test_generate_then_rank(tokenized, tmp_path, capsys):
+    d = tokenized
+    assert rank_train(d, tmp_path / "r", "--ranker.epochs", "2") == 0
+    capsys.readouterr()
+    ev = ["rank", "evaluate", "--dataset", str(d / "ds"), "--ranker", str(tmp_path / "r" / "best"), "--model",
+          str(d / "gen" / "best"), "--candidates", "30", "--json", "--decode.valid_users", "50"]
+    assert main(ev) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mode"] == "generate->rank" and res["candidates"] == 30 and res["fusion_weight"] in (0.0, 0.1, 0.3, 1, 3)
+    assert 0 <= res["metrics"]["all"]["recall@20"] <= res["candidate_recall"]  # only candidates come back
+    assert main([*ev, "--exclude-history"]) == 0
+    assert json.loads(capsys.readouterr().out)["exclude_history"] is True
+    assert main(["recommend", "--model", str(d / "gen" / "best"), "--ranker", str(tmp_path / "r" / "best"),
+                 "--history", "syn00001", "--k", "5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 5
+
+
+def test_damaged_checkpoint_weights_are_a_clear_error(tokenized, tmp_path, capsys):
+    assert rank_train(tokenized, tmp_path / "r", "--ranker.epochs", "1") == 0
+    capsys.readouterr()
+    (tmp_path / "r" / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
+    assert rank_train(tokenized, tmp_path / "r", "--ranker.epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "--overwrite" in err and "Traceback" not in err
 
 
 def test_rank_errors_are_one_line(tokenized, tmp_path, capsys):

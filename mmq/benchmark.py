@@ -1,0 +1,315 @@
+"""`mmq benchmark` and `mmq report`: the head vs long-tail report.
+
+`run_benchmark` runs the pipeline for every tokenizer in `benchmark.tokenizers` with the same
+generator and ranker settings, over `benchmark.seeds`, plus the item-ID ranker (SASRec) and
+popularity, and writes OUTPUT/report.md, report.json and report.html. Every stage lives in
+OUTPUT/stages/<stage>-<name>-<fingerprint>, the fingerprint a hash of the settings and inputs the
+stage depends on: a rerun reuses (or resumes) what did not change and redoes what did; an
+interrupted benchmark resumes.
+
+`compose_report` turns evaluation results into the report dictionary that `render_html`
+(eval/html.py) and `render_markdown` draw; `mmq report` composes one from earlier report.json
+files and `--report` JSON files of `mmq evaluate` / `mmq rank evaluate` (runs trained elsewhere)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmq_rec.config import Config, to_dict, to_yaml, updated
+from mmq_rec.eval.html import render_html
+from mmq_rec.eval.report import BUCKET_TITLES, GENERATED_BY, mean_std, metrics_table
+from mmq_rec.pipeline import Pipeline
+from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.io import claim_dir, read_json, write_json, write_text
+
+PUBLISHED = {  # ../shared/docs/PROTOCOL.md (Amazon Beauty, leave-one-out, test split); never run here
+    "amazon-beauty": [
+        "TIGER (Rajput et al., NeurIPS 2023, paper): R@5 .0454, N@5 .0321, R@10 .0648, N@10 .0384",
+        "MMQ (paper, HeterRec backbone): R@5 .0455, N@5 .0296, R@10 .0675, N@10 .0384",
+        "RPG (paper): R@10 .0809, N@10 .0464",
+        "SASRec with full-softmax cross-entropy, measured on this data by the protocol's authors "
+        "(../shared/docs/PROTOCOL.md): R@10 .0848, N@10 .0412",
+        "eSASRec (RecSys'25; user history excluded, another column): R@10 .0928, N@10 .0523",
+    ],
+}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def environment(device: str) -> dict[str, str]:
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"device": device, "GPU": cuda, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "git commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def system_entry(kind: str, runs: Sequence[Mapping[str, Any]], tokenizer: str | None = None) -> dict[str, Any]:
+    """Several seeds' results of one system -> its report entry."""
+    train = [r["train_minutes"] for r in runs if r.get("train_minutes") is not None]
+    return {"kind": kind, "tokenizer": tokenizer, "seeds": [r.get("seed") for r in runs],
+            "metrics": mean_std([r["metrics"] for r in runs]),
+            "train_minutes": float(np.mean(train)) if train else None,
+            "users_per_second": float(np.mean([r.get("users_per_second", 0) for r in runs])),
+            "device": runs[0].get("device", ""), "runs": list(runs)}
+
+
+def answers(systems: Mapping[str, Mapping[str, Any]], ks: Sequence[int]) -> list[str]:
+    """The sentences a reader wants first: the best system overall, on the tail and on cold items,
+    by how much, at what cost."""
+    k = 10 if 10 in ks else ks[0]
+    key = f"recall@{k}"
+    out = []
+    for group, what in (("all", "overall"), ("tail", "on tail items"), ("long_tail", "on long-tail items"),
+                        ("cold", "on cold items (never seen in training)")):
+        scored = sorted(((s["metrics"].get(group, {}).get(key), n) for n, s in systems.items()
+                         if s["metrics"].get(group, {}).get("users")), reverse=True)
+        if not scored:
+            continue
+        (v1, n1), users = scored[0], systems[scored[0][1]]["metrics"][group]["users"]
+        line = f"Best {what}: {n1}, R@{k} {v1:.4f}"
+        if len(scored) > 1:
+            v2, n2 = scored[1]
+            rel = f" ({v1 / v2:.2f}×)" if v2 > 0 else ""
+            line += f", ahead of {n2} ({v2:.4f}) by {v1 - v2:+.4f}{rel}"
+        cost = systems[n1].get("train_minutes")
+        out.append(line + f"; {users:,} test users" + (f"; {cost:.1f} training minutes per run." if cost else "."))
+    return out
+
+
+def compose_report(title: str, systems: Mapping[str, Mapping[str, Any]], ks: Sequence[int], *,
+                   subtitle: str = "", dataset: str = "", environment_: Mapping[str, Any] | None = None,
+                   command: str = "", config: str = "", tokenizers: Mapping[str, Any] | None = None,
+                   curves: Mapping[str, Any] | None = None, curve_seed: int | None = None) -> dict[str, Any]:
+    return {"title": title, "subtitle": subtitle, "ks": list(ks), "answers": answers(systems, ks),
+            "systems": dict(systems), "tokenizers": dict(tokenizers or {}), "curves": dict(curves or {}),
+            "curve_seed": curve_seed, "published": PUBLISHED.get(dataset, []), "environment": dict(environment_ or {}),
+            "command": command, "config": config, "dataset": dataset, "generated_by": GENERATED_BY}
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    systems, ks = report["systems"], report["ks"]
+    table = {n: s["metrics"] for n, s in systems.items()}
+    parts = [f"# {report['title']}", report.get("subtitle", "")]
+    parts += ["\n".join(f"- {a}" for a in report.get("answers", []))]
+    for g in BUCKET_TITLES:
+        if any(g in r for r in table.values()):
+            parts += [f"## {BUCKET_TITLES[g]}", metrics_table(table, g, ks)]
+    parts += ["## Cost", "| system | seeds | training minutes per run | test users / s | device |\n|---|---|---:|---:|---|\n"
+              + "\n".join(f"| {n} | {', '.join(map(str, s.get('seeds', [])))} | "
+                          f"{'–' if s.get('train_minutes') is None else format(s['train_minutes'], '.1f')} | "
+                          f"{s.get('users_per_second') or 0:.0f} | {s.get('device', '')} |" for n, s in systems.items())]
+    if report.get("published"):
+        parts += ["## Published reference numbers (not run here)", "\n".join(f"- {p}" for p in report["published"])]
+    env = report.get("environment", {})
+    parts += ["## Environment", "\n".join(f"- {k}: {v}" for k, v in env.items()),
+              f"Command: `{report.get('command', '')}`", "Plots: report.html."]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_report_files(report: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """report.json, report.md and report.html in `out` (each written atomically)."""
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    write_json(paths["json"], report)
+    write_text(paths["md"], render_markdown(report))
+    write_text(paths["html"], render_html(report))
+    return {k: str(v) for k, v in paths.items()}
+
+
+# --------------------------------------------------------------------------- the benchmark run
+class _Stages:
+    """OUTPUT/stages/<stage>-<name>-<fingerprint>: results cached by what they depend on."""
+
+    def __init__(self, root: Path):
+        self.root = root / "stages"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, stage: str, name: str, fingerprint: Any) -> Path:
+        return self.root / f"{stage}-{name.replace('+', '_')}-{_hash(fingerprint)}"
+
+    def cached(self, stage: str, name: str, fingerprint: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = self.path(stage, name, fingerprint).with_suffix(".json")
+        if path.exists():
+            try:
+                return read_json(path)
+            except DataError:
+                pass  # a damaged result is recomputed
+        result = compute()
+        write_json(path, result)
+        return result
+
+
+def _eval_entry(res: Mapping[str, Any], seed: int, train_seconds: float | None) -> dict[str, Any]:
+    return {"seed": seed, "metrics": res["metrics"], "users_per_second": res.get("users_per_second"),
+            "device": res.get("device", ""), "train_minutes": None if train_seconds is None else train_seconds / 60}
+
+
+def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True,
+                  log: Callable[[str], None] = print, command: str = "", overwrite: bool = False) -> dict[str, Any]:
+    out = claim_dir(output, "benchmark", overwrite=overwrite)
+    stages = _Stages(out)
+    base = Pipeline(cfg, show_progress=show_progress, log=log)
+    bc = cfg.benchmark
+    if not cfg.data.dataset:
+        if not bc.source:
+            raise DataError("give a prepared dataset (--dataset DIR) or a raw one (benchmark.source)",
+                            field="data.dataset")
+        if not (out / "data" / "dataset.json").exists():
+            from mmq_rec.cli import main as cli_main
+
+            if cli_main(["prepare", "--format", bc.source_format, "--input", bc.source, "--output",
+                         str(out / "data")]) != 0:
+                raise DataError("could not prepare the dataset", field="benchmark.source")
+        cfg = updated(cfg, {"data": {"dataset": str(out / "data")}})
+        base = Pipeline(cfg, show_progress=show_progress, log=log)
+    ds = base.dataset()
+    ddigest = {"name": ds.name, "items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions}
+    split_fp = {"max_history": cfg.data.max_history, "cold_start_fraction": cfg.eval.cold_start_fraction}
+    results: dict[str, list[dict[str, Any]]] = {}
+    kinds: dict[str, tuple[str, str | None]] = {}
+    tok_quality: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+
+    def tok_fingerprint(s: dict[str, Any], seed: int, tok: str) -> dict[str, Any]:
+        return {"data": ddigest, "seed": seed, "encode": s["encode"], "tokenize": tok, "settings": s["tokenize"][tok],
+                "split": split_fp}
+
+    def add(name: str, kind: str, tok: str | None, entry: dict[str, Any]) -> None:
+        results.setdefault(name, []).append(entry)
+        kinds[name] = (kind, tok)
+
+    t_all = time.perf_counter()
+    for seed in bc.seeds:
+        for tok in bc.tokenizers:
+            scfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": tok}})
+            pipe = Pipeline(scfg, show_progress=show_progress, log=log)
+            s = to_dict(scfg)
+            tok_fp = tok_fingerprint(s, seed, tok)
+            tok_dir = stages.path("tokenizer", tok, tok_fp)
+            if not (tok_dir / "quality.json").exists():
+                log(f"[benchmark] seed {seed}: tokenize with {tok} -> {tok_dir}")
+                pipe.tokenize(ds, tok_dir, overwrite=True)
+            tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
+            label = tok.upper() if tok != "rqkmeans" else "RQ-KMeans"
+            label = {"RQVAE": "RQ-VAE", "RANDOM": "random", "EXTERNAL": "external"}.get(label, label)
+            gen_fp = {"tok": tok_fp, "generator": s["generator"], "train": s["train"], "decode": s["decode"],
+                      "ks": s["eval"]["ks"]}
+            run = None
+            if bc.generator:
+                gen_dir = stages.path("generator", tok, gen_fp)
+                log(f"[benchmark] seed {seed}: generator on {tok} SIDs -> {gen_dir}")
+                run = pipe.train(ds, tok_dir, gen_dir)
+                res = stages.cached("eval", f"generator-{tok}", {**gen_fp, "split": "test"},
+                                    partial(pipe.evaluate, ds, run["best_model"]))
+                add(f"generator ({label} SIDs)", "generator", tok, _eval_entry(res, seed, run["train_seconds"]))
+                if seed == bc.seeds[0]:
+                    curves[f"generator ({label} SIDs)"] = {"unit": "step", "metric": f"valid {cfg.train.metric}",
+                                                           "points": [[h["step"], h[f"valid_{cfg.train.metric}"]]
+                                                                      for h in run["history"]
+                                                                      if f"valid_{cfg.train.metric}" in h]}
+            if bc.ranker:
+                rk_fp = {"tok": tok_fp, "ranker": s["ranker"], "ks": s["eval"]["ks"]}
+                rk_dir = stages.path("ranker", f"{cfg.ranker.representation}-{tok}", rk_fp)
+                log(f"[benchmark] seed {seed}: {cfg.ranker.representation} ranker on {tok} SIDs -> {rk_dir}")
+                rk = pipe.rank_train(ds, tok_dir, rk_dir)
+                name = f"ranker {cfg.ranker.representation} ({label} SIDs)"
+                res = stages.cached("eval", f"ranker-{tok}", {**rk_fp, "split": "test"},
+                                    partial(pipe.rank_evaluate, ds, rk["best_model"]))
+                add(name, "ranker", tok, _eval_entry(res, seed, rk["train_seconds"]))
+                if seed == bc.seeds[0]:
+                    curves[name] = {"unit": "epoch", "metric": f"valid {cfg.ranker.metric}",
+                                    "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
+                if bc.generate_rank and run is not None:
+                    n = cfg.ranker.candidates[0]
+                    res = stages.cached("eval", f"generate-rank-{tok}", {**rk_fp, **gen_fp, "n": n, "split": "test",
+                                                                           "fusion": s["ranker"]["fusion_weights"]},
+                                        partial(pipe.rank_evaluate, ds, rk["best_model"], generator=run["best_model"],
+                                                candidates=n))
+                    add(f"generate({n}) → rank ({label} SIDs)", "generate→rank", tok,
+                        _eval_entry(res, seed, run["train_seconds"] + rk["train_seconds"]))
+        if bc.ranker:  # the item-ID ranker (SASRec) reads no SIDs: once per seed, on the first table
+            tok = bc.tokenizers[0]
+            icfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": tok}, "ranker": {"representation": "id"}})
+            pipe = Pipeline(icfg, show_progress=show_progress, log=log)
+            s = to_dict(icfg)
+            tok_fp = tok_fingerprint(s, seed, tok)  # the table the run directory records
+            rk_fp = {"tok": tok_fp, "ranker": s["ranker"], "ks": s["eval"]["ks"]}
+            rk_dir = stages.path("ranker", "id", rk_fp)
+            log(f"[benchmark] seed {seed}: item-ID ranker (SASRec) -> {rk_dir}")
+            rk = pipe.rank_train(ds, stages.path("tokenizer", tok, tok_fp), rk_dir)
+            res = stages.cached("eval", "ranker-id", {**rk_fp, "split": "test"},
+                                partial(pipe.rank_evaluate, ds, rk["best_model"]))
+            add("ranker id (SASRec, item IDs)", "ranker", None, _eval_entry(res, seed, rk["train_seconds"]))
+            if seed == bc.seeds[0]:
+                curves["ranker id (SASRec, item IDs)"] = {
+                    "unit": "epoch", "metric": f"valid {cfg.ranker.metric}",
+                    "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
+    pop = base.baseline(ds, "popularity")
+    add("popularity", "baseline", None, _eval_entry(pop, 0, None))
+    systems = {n: system_entry(kinds[n][0], rs, kinds[n][1]) for n, rs in results.items()}
+    device = next((s["device"] for s in systems.values() if s["device"]), "cpu")
+    report = compose_report(
+        f"MMQ-Rec benchmark: {ds.name}", systems, cfg.eval.ks, dataset=ds.name,
+        subtitle=f"{ds.num_users:,} users, {ds.num_items:,} items, {ds.num_interactions:,} interactions. Test split, "
+                 f"leave-one-out, full catalogue, TIGER's protocol (history not excluded); every checkpoint chosen "
+                 f"on validation. Seeds {bc.seeds}: mean ± sample std. Wall time "
+                 f"{(time.perf_counter() - t_all) / 60:.1f} min (cached stages cost nothing).",
+        environment_=environment(device), command=command, config=to_yaml(cfg), tokenizers=tok_quality,
+        curves=curves, curve_seed=bc.seeds[0])
+    report["files"] = write_report_files(report, out)
+    return report
+
+
+def compose_from_files(paths: Sequence[str | Path], title: str = "MMQ-Rec report") -> dict[str, Any]:
+    """A report from earlier `mmq benchmark` outputs (their report.json) and `--report` JSON files
+    of `mmq evaluate`, `mmq rank evaluate` and `mmq baseline` (each one system)."""
+    systems: dict[str, Any] = {}
+    ks, env, tokenizers, curves, dataset = None, {}, {}, {}, ""
+    for p in paths:
+        p = Path(p)
+        f = p / "report.json" if p.is_dir() else p
+        if not f.is_file():
+            raise DataError("not a benchmark output directory (no report.json) or a report JSON file", path=p)
+        data = read_json(f)
+        if not isinstance(data, dict) or data.get("generated_by") != GENERATED_BY:
+            raise DataError("not a report written by MMQ-Rec", path=f)
+        if "systems" in data:  # a benchmark's report
+            systems.update(data["systems"])
+            ks = ks or data["ks"]
+            env = env or data.get("environment", {})
+            tokenizers.update(data.get("tokenizers", {}))
+            curves.update(data.get("curves", {}))
+            dataset = dataset or data.get("dataset", "")
+        elif "results" in data:  # one evaluation's --report
+            for name, metrics in data["results"].items():
+                label = f"{name} [{f.stem}]"
+                systems[label] = system_entry(data.get("mode", "evaluation"), [{
+                    "seed": None, "metrics": metrics, "users_per_second": data.get("users_per_second"),
+                    "device": data.get("device", ""), "train_minutes": None}])
+            ks = ks or data["ks"]
+        else:
+            raise DataError("a report JSON without results", path=f)
+    if not systems:
+        raise DataError("no results in the given files", field="runs")
+    return compose_report(title, systems, ks, dataset=dataset, environment_=env, tokenizers=tokenizers, curves=curves,
+                          subtitle="Composed by `mmq report` from: " + ", ".join(str(p) for p in paths))
