@@ -24,7 +24,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}th,td{padding:.25em .6em;border-bottom:1px solid #eee;
-text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
+text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
 tr.best td{font-weight:600}.note{color:#555;font-size:.9em}.answer{background:#f3f8ff;border-left:4px solid #1f77b4;
 padding:.6em 1em}.published{background:#fff8ee;border-left:4px solid #ff7f0e;padding:.4em 1em}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}img{display:block;margin:.5em 0}
@@ -135,7 +135,9 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
             body.append(f'<text x="{px(xmin + i * (xmax - xmin) / max(len(xticks) - 1, 1)):.1f}" y="{top + plot_h + 16}" '
                         f'text-anchor="middle">{_esc(label)}</text>')
     else:
-        for t in _axis_ticks(xmin, xmax):
+        whole = all(float(x).is_integer() for x in xs)
+        ticks = range(int(xmin), int(xmax) + 1) if whole and xmax - xmin <= 20 else _axis_ticks(xmin, xmax)
+        for t in ticks:
             body.append(f'<text x="{px(t):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{t:g}</text>')
     for si, n in enumerate(names):
         c = PALETTE[si % len(PALETTE)]
@@ -216,8 +218,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         series = {n: [tuple(p) for p in c["points"]] for n, c in curves.items() if c["unit"] == unit}
         if series:
             metric = next(c["metric"] for c in curves.values() if c["unit"] == unit)
-            parts.append(img(line_chart(series, f"Validation {metric} during training (seed {report.get('curve_seed')})",
-                                        unit, metric), f"Validation curves by {unit}"))
+            seed = f" (seed {report['curve_seed']})" if report.get("curve_seed") is not None else ""
+            parts.append(img(line_chart(series, f"Validation {metric} during training{seed}", unit, metric),
+                             f"Validation curves by {unit}"))
     if report.get("tokenizers"):
         rows = []
         for name, q in report["tokenizers"].items():

@@ -223,7 +223,7 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                                     partial(pipe.evaluate, ds, run["best_model"]))
                 add(f"generator ({label} SIDs)", "generator", tok, _eval_entry(res, seed, run["train_seconds"]))
                 if seed == bc.seeds[0]:
-                    curves[f"generator ({label} SIDs)"] = {"unit": "step", "metric": f"valid {cfg.train.metric}",
+                    curves[f"generator ({label} SIDs)"] = {"unit": "step", "metric": cfg.train.metric,
                                                            "points": [[h["step"], h[f"valid_{cfg.train.metric}"]]
                                                                       for h in run["history"]
                                                                       if f"valid_{cfg.train.metric}" in h]}
@@ -237,7 +237,7 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                                     partial(pipe.rank_evaluate, ds, rk["best_model"]))
                 add(name, "ranker", tok, _eval_entry(res, seed, rk["train_seconds"]))
                 if seed == bc.seeds[0]:
-                    curves[name] = {"unit": "epoch", "metric": f"valid {cfg.ranker.metric}",
+                    curves[name] = {"unit": "epoch", "metric": cfg.ranker.metric,
                                     "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
                 if bc.generate_rank and run is not None:
                     n = cfg.ranker.candidates[0]
@@ -262,7 +262,7 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
             add("ranker id (SASRec, item IDs)", "ranker", None, _eval_entry(res, seed, rk["train_seconds"]))
             if seed == bc.seeds[0]:
                 curves["ranker id (SASRec, item IDs)"] = {
-                    "unit": "epoch", "metric": f"valid {cfg.ranker.metric}",
+                    "unit": "epoch", "metric": cfg.ranker.metric,
                     "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
     pop = base.baseline(ds, "popularity")
     add("popularity", "baseline", None, _eval_entry(pop, 0, None))

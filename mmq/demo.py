@@ -100,7 +100,7 @@ def run_demo(pipe: Pipeline, output: str | Path | None = None, overwrite: bool =
     systems = {k: system_entry(kinds.get(k, "baseline"), [{
         "seed": cfg.seed, "metrics": r["metrics"], "users_per_second": r.get("users_per_second"),
         "device": r.get("device", "cpu"), "train_minutes": minutes.get(k)}]) for k, r in results["test"].items()}
-    curves = {name: {"unit": "step", "metric": f"valid {cfg.train.metric}",
+    curves = {name: {"unit": "step", "metric": cfg.train.metric,
                      "points": [[h["step"], h[f"valid_{cfg.train.metric}"]] for h in run["history"]
                                 if f"valid_{cfg.train.metric}" in h]}}
     report = compose_report(
