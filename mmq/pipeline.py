@@ -321,13 +321,7 @@ class Pipeline:
         """Train the generator on the training split, selecting on validation (a fixed sample of
         users). Rerunning with the same output directory resumes."""
         cfg = self.cfg
-        tok = self.load_tokenization(tokenizer_dir)
-        table = tok.table
-        if table.item_ids != ds.item_ids():
-            raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
-                            path=tokenizer_dir)
-        if "collaborative" in tok.quality.get("modalities", []):
-            check_split(tok.quality.get("split"), cfg, tokenizer_dir, "tokenizer (its collaborative modality)")
+        table = self._checked_table(ds, tokenizer_dir)
         if is_main_process():  # the other ranks wait for this at the start of training
             inputs = (ds.meta.get("path"), tokenizer_dir)
             check_output(output, "generator-run", overwrite=overwrite, inputs=inputs, replaces=False)
