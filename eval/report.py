@@ -39,17 +39,20 @@ def _check_replaceable(md: Path, js: Path) -> None:
 
 def mean_std(runs: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
     """Per-group metrics of several runs (e.g. seeds) -> their mean, with `<metric>_std` (sample
-    standard deviation, 0 for one run) beside each metric and `runs` = how many."""
+    standard deviation, 0 for one run) beside each metric and `runs` = how many runs have it. A
+    group or metric missing from some runs (e.g. a group with no users under one seed's split) is
+    averaged over the runs that have it; `users` is the largest count."""
     if not runs:
         raise ValueError("mean_std needs at least one run")
     out: dict[str, dict[str, float]] = {}
-    for group in runs[0]:
-        rows = [r[group] for r in runs]
-        agg: dict[str, float] = {"users": rows[0].get("users", 0), "runs": len(rows)}
-        for key in rows[0]:
+    groups = list(dict.fromkeys(g for r in runs for g in r))
+    for group in groups:
+        rows = [r[group] for r in runs if group in r]
+        agg: dict[str, float] = {"users": max(row.get("users", 0) for row in rows), "runs": len(rows)}
+        for key in dict.fromkeys(k for row in rows for k in row):
             if key == "users":
                 continue
-            vals = np.array([row[key] for row in rows], dtype=float)
+            vals = np.array([row[key] for row in rows if key in row], dtype=float)
             agg[key] = float(vals.mean())
             agg[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         out[group] = agg

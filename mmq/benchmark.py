@@ -13,11 +13,13 @@ files and `--report` JSON files of `mmq evaluate` / `mmq rank evaluate` (runs tr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -29,7 +31,7 @@ import numpy as np
 from mmq_rec.config import Config, to_dict, to_yaml, updated
 from mmq_rec.eval.html import render_html
 from mmq_rec.eval.report import BUCKET_TITLES, GENERATED_BY, mean_std, metrics_table
-from mmq_rec.pipeline import Pipeline
+from mmq_rec.pipeline import Pipeline, dataset_digest, split_settings
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import claim_dir, read_json, write_json, write_text
 
@@ -45,6 +47,10 @@ PUBLISHED = {  # ../shared/docs/PROTOCOL.md (Amazon Beauty, leave-one-out, test 
 }
 
 
+STAGES_VERSION = 1
+"""Part of every stage fingerprint: raised when a change to the code changes what a stage produces."""
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -54,8 +60,8 @@ def environment(device: str) -> dict[str, str]:
     import transformers
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -85,6 +91,9 @@ def answers(systems: Mapping[str, Mapping[str, Any]], ks: Sequence[int]) -> list
         scored = sorted(((s["metrics"].get(group, {}).get(key), n) for n, s in systems.items()
                          if s["metrics"].get(group, {}).get("users")), reverse=True)
         if not scored:
+            if group == "cold":
+                out.append("Cold items: no test user's target is an item unseen in training under this split "
+                           "(set eval.cold_start_fraction to hold items out).")
             continue
         (v1, n1), users = scored[0], systems[scored[0][1]]["metrics"][group]["users"]
         line = f"Best {what}: {n1}, R@{k} {v1:.4f}"
@@ -115,15 +124,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for g in BUCKET_TITLES:
         if any(g in r for r in table.values()):
             parts += [f"## {BUCKET_TITLES[g]}", metrics_table(table, g, ks)]
-    parts += ["## Cost", "| system | seeds | training minutes per run | test users / s | device |\n|---|---|---:|---:|---|\n"
+    parts += ["## Cost and validity", "| system | seeds | training minutes per run | test users / s | invalid-ID rate "
+              "| device |\n|---|---|---:|---:|---:|---|\n"
               + "\n".join(f"| {n} | {', '.join(map(str, s.get('seeds', [])))} | "
                           f"{'–' if s.get('train_minutes') is None else format(s['train_minutes'], '.1f')} | "
-                          f"{s.get('users_per_second') or 0:.0f} | {s.get('device', '')} |" for n, s in systems.items())]
+                          f"{s.get('users_per_second') or 0:.0f} | "
+                          f"{s['metrics'].get('all', {}).get('invalid_rate', 0):.4f} | {s.get('device', '')} |"
+                          for n, s in systems.items())]
+    if report.get("tokenizers"):
+        parts += ["## Tokenizers", "| tokenizer | SID length | utilisation per position | collision rate | "
+                  "tokenizer seconds |\n|---|---:|---|---:|---:|\n" + "\n".join(
+                      f"| {n} | {q.get('sid_length')} | {q.get('utilisation')} | {q.get('collision_rate')} | "
+                      f"{q.get('wall_time_s', '–')} |" for n, q in report["tokenizers"].items())]
     if report.get("published"):
         parts += ["## Published reference numbers (not run here)", "\n".join(f"- {p}" for p in report["published"])]
     env = report.get("environment", {})
     parts += ["## Environment", "\n".join(f"- {k}: {v}" for k, v in env.items()),
-              f"Command: `{report.get('command', '')}`", "Plots: report.html."]
+              f"Command: `{report.get('command', '')}`", "Figures: report.html.",
+              "## Configuration", f"```yaml\n{report.get('config', '')}\n```"]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -164,42 +182,85 @@ def _eval_entry(res: Mapping[str, Any], seed: int, train_seconds: float | None) 
             "device": res.get("device", ""), "train_minutes": None if train_seconds is None else train_seconds / 60}
 
 
+def _file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _prepare_source(cfg: Config, stages: _Stages, log: Callable[[str], None]) -> Path:
+    """`benchmark.source` prepared once into a stage keyed by the source's files."""
+    from mmq_rec.cli import main as cli_main
+
+    src = Path(cfg.benchmark.source).resolve()
+    if not src.exists():
+        raise DataError("the benchmark's source dataset does not exist", path=src, field="benchmark.source")
+    files = sorted(p for p in ([src] if src.is_file() else src.rglob("*")) if p.is_file())
+    fp = {"v": STAGES_VERSION, "source": str(src), "format": cfg.benchmark.source_format,
+          "files": [[str(p.relative_to(src.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    out = stages.path("data", src.name, fp)
+    if not (out / "dataset.json").exists():
+        log(f"[benchmark] prepare {src} ({cfg.benchmark.source_format}) -> {out}")
+        with contextlib.redirect_stdout(sys.stderr):  # stdout stays for --json
+            code = cli_main(["prepare", "--format", cfg.benchmark.source_format, "--input", str(src), "--output",
+                             str(out), "--overwrite"])
+        if code != 0:
+            raise DataError("could not prepare the dataset (see the error above)", field="benchmark.source")
+    return out
+
+
+def _trimmed(section: dict[str, Any], drop: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in drop}
+
+
 def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True,
                   log: Callable[[str], None] = print, command: str = "", overwrite: bool = False) -> dict[str, Any]:
-    out = claim_dir(output, "benchmark", overwrite=overwrite)
-    stages = _Stages(out)
-    base = Pipeline(cfg, show_progress=show_progress, log=log)
     bc = cfg.benchmark
+    external = cfg.tokenize.external.path if "external" in bc.tokenizers else None
+    out = claim_dir(output, "benchmark", overwrite=overwrite, inputs=(cfg.data.dataset or None, bc.source or None,
+                                                                      external))
+    stages = _Stages(out)
     if not cfg.data.dataset:
         if not bc.source:
             raise DataError("give a prepared dataset (--dataset DIR) or a raw one (benchmark.source)",
                             field="data.dataset")
-        if not (out / "data" / "dataset.json").exists():
-            from mmq_rec.cli import main as cli_main
-
-            if cli_main(["prepare", "--format", bc.source_format, "--input", bc.source, "--output",
-                         str(out / "data")]) != 0:
-                raise DataError("could not prepare the dataset", field="benchmark.source")
-        cfg = updated(cfg, {"data": {"dataset": str(out / "data")}})
-        base = Pipeline(cfg, show_progress=show_progress, log=log)
+        cfg = updated(cfg, {"data": {"dataset": str(_prepare_source(cfg, stages, log))}})
+    base = Pipeline(cfg, show_progress=show_progress, log=log)
     ds = base.dataset()
-    ddigest = {"name": ds.name, "items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions}
-    split_fp = {"max_history": cfg.data.max_history, "cold_start_fraction": cfg.eval.cold_start_fraction}
+    items_file = Path(ds.meta["path"]) / "items.parquet"
+    data_fp = {"v": STAGES_VERSION, "name": ds.name, **dataset_digest(ds),
+               "items_file": _file_digest(items_file) if items_file.exists() else None}
+    env_fp = {"device": cfg.device, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
     results: dict[str, list[dict[str, Any]]] = {}
     kinds: dict[str, tuple[str, str | None]] = {}
     tok_quality: dict[str, Any] = {}
     curves: dict[str, Any] = {}
 
     def tok_fingerprint(s: dict[str, Any], seed: int, tok: str) -> dict[str, Any]:
-        return {"data": ddigest, "seed": seed, "encode": s["encode"], "tokenize": tok, "settings": s["tokenize"][tok],
-                "split": split_fp}
+        encode = None if tok == "external" else {
+            k: _trimmed(v, ("device", "batch_size")) if isinstance(v, dict) else v
+            for k, v in s["encode"].items() if k != "cache_dir"}
+        ext = _file_digest(cfg.tokenize.external.path) if tok == "external" else None
+        return {"data": data_fp, "seed": seed, "encode": encode, "tokenize": tok, "settings": s["tokenize"][tok],
+                "external_file": ext, "split": split_settings(cfg), "env": env_fp}
+
+    def eval_fp(s: dict[str, Any], run: dict[str, Any], what: str) -> dict[str, Any]:
+        """An evaluation depends on the model it reads (its run and best checkpoint), decoding and the protocol."""
+        return {"run": run, "what": what, "eval": s["eval"], "decode": _trimmed(s["decode"], ("batch_size",)),
+                "v": STAGES_VERSION}
 
     def add(name: str, kind: str, tok: str | None, entry: dict[str, Any]) -> None:
         results.setdefault(name, []).append(entry)
         kinds[name] = (kind, tok)
 
+    def curve(history: list[dict[str, Any]], unit: str, key: str, metric: str) -> dict[str, Any]:
+        return {"unit": unit, "metric": metric, "points": [[h[unit], h[key]] for h in history if key in h]}
+
     t_all = time.perf_counter()
     for seed in bc.seeds:
+        first = seed == bc.seeds[0]
         for tok in bc.tokenizers:
             scfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": tok}})
             pipe = Pipeline(scfg, show_progress=show_progress, log=log)
@@ -210,39 +271,38 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                 log(f"[benchmark] seed {seed}: tokenize with {tok} -> {tok_dir}")
                 pipe.tokenize(ds, tok_dir, overwrite=True)
             tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
-            label = tok.upper() if tok != "rqkmeans" else "RQ-KMeans"
-            label = {"RQVAE": "RQ-VAE", "RANDOM": "random", "EXTERNAL": "external"}.get(label, label)
-            gen_fp = {"tok": tok_fp, "generator": s["generator"], "train": s["train"], "decode": s["decode"],
-                      "ks": s["eval"]["ks"]}
+            label = {"mmq": "MMQ", "rqkmeans": "RQ-KMeans", "rqvae": "RQ-VAE"}.get(tok, tok)
+            gen_fp = {"tok": tok_fp, "generator": s["generator"], "train": s["train"],
+                      "decode": {k: s["decode"][k] for k in ("valid_users", "beam_width")}, "ks": s["eval"]["ks"]}
             run = None
             if bc.generator:
                 gen_dir = stages.path("generator", tok, gen_fp)
                 log(f"[benchmark] seed {seed}: generator on {tok} SIDs -> {gen_dir}")
                 run = pipe.train(ds, tok_dir, gen_dir)
-                res = stages.cached("eval", f"generator-{tok}", {**gen_fp, "split": "test"},
+                gen_id = {"dir": str(gen_dir), "steps": run["steps"], "best_step": run["best_step"]}
+                res = stages.cached("eval", f"generator-{tok}", eval_fp(s, gen_id, "generator"),
                                     partial(pipe.evaluate, ds, run["best_model"]))
-                add(f"generator ({label} SIDs)", "generator", tok, _eval_entry(res, seed, run["train_seconds"]))
-                if seed == bc.seeds[0]:
-                    curves[f"generator ({label} SIDs)"] = {"unit": "step", "metric": cfg.train.metric,
-                                                           "points": [[h["step"], h[f"valid_{cfg.train.metric}"]]
-                                                                      for h in run["history"]
-                                                                      if f"valid_{cfg.train.metric}" in h]}
-            if bc.ranker:
-                rk_fp = {"tok": tok_fp, "ranker": s["ranker"], "ks": s["eval"]["ks"]}
+                name = f"generator ({label} SIDs)"
+                add(name, "generator", tok, _eval_entry(res, seed, run["train_seconds"]))
+                if first:
+                    curves[name] = curve(run["history"], "step", cfg.train.metric, cfg.train.metric)
+            if bc.ranker and cfg.ranker.representation != "id":
+                rk_fp = {"tok": tok_fp, "ranker": _trimmed(s["ranker"], ("candidates", "fusion_weights")),
+                         "ks": s["eval"]["ks"]}
                 rk_dir = stages.path("ranker", f"{cfg.ranker.representation}-{tok}", rk_fp)
                 log(f"[benchmark] seed {seed}: {cfg.ranker.representation} ranker on {tok} SIDs -> {rk_dir}")
                 rk = pipe.rank_train(ds, tok_dir, rk_dir)
+                rk_id = {"dir": str(rk_dir), "epochs": rk["epochs"], "best_epoch": rk["best_epoch"]}
                 name = f"ranker {cfg.ranker.representation} ({label} SIDs)"
-                res = stages.cached("eval", f"ranker-{tok}", {**rk_fp, "split": "test"},
+                res = stages.cached("eval", f"ranker-{tok}", eval_fp(s, rk_id, "ranker"),
                                     partial(pipe.rank_evaluate, ds, rk["best_model"]))
                 add(name, "ranker", tok, _eval_entry(res, seed, rk["train_seconds"]))
-                if seed == bc.seeds[0]:
-                    curves[name] = {"unit": "epoch", "metric": cfg.ranker.metric,
-                                    "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
+                if first:
+                    curves[name] = curve(rk["history"], "epoch", f"valid_{cfg.ranker.metric}", cfg.ranker.metric)
                 if bc.generate_rank and run is not None:
                     n = cfg.ranker.candidates[0]
-                    res = stages.cached("eval", f"generate-rank-{tok}", {**rk_fp, **gen_fp, "n": n, "split": "test",
-                                                                           "fusion": s["ranker"]["fusion_weights"]},
+                    what = {"n": n, "fusion": s["ranker"]["fusion_weights"], "generator": gen_id}
+                    res = stages.cached("eval", f"generate-rank-{tok}", eval_fp(s, rk_id, json.dumps(what)),
                                         partial(pipe.rank_evaluate, ds, rk["best_model"], generator=run["best_model"],
                                                 candidates=n))
                     add(f"generate({n}) → rank ({label} SIDs)", "generate→rank", tok,
@@ -253,19 +313,23 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
             pipe = Pipeline(icfg, show_progress=show_progress, log=log)
             s = to_dict(icfg)
             tok_fp = tok_fingerprint(s, seed, tok)  # the table the run directory records
-            rk_fp = {"tok": tok_fp, "ranker": s["ranker"], "ks": s["eval"]["ks"]}
+            tok_dir = stages.path("tokenizer", tok, tok_fp)
+            if not (tok_dir / "quality.json").exists():
+                pipe.tokenize(ds, tok_dir, overwrite=True)
+            rk_fp = {"tok": tok_fp, "ranker": _trimmed(s["ranker"], ("candidates", "fusion_weights")),
+                     "ks": s["eval"]["ks"]}
             rk_dir = stages.path("ranker", "id", rk_fp)
             log(f"[benchmark] seed {seed}: item-ID ranker (SASRec) -> {rk_dir}")
-            rk = pipe.rank_train(ds, stages.path("tokenizer", tok, tok_fp), rk_dir)
-            res = stages.cached("eval", "ranker-id", {**rk_fp, "split": "test"},
+            rk = pipe.rank_train(ds, tok_dir, rk_dir)
+            rk_id = {"dir": str(rk_dir), "epochs": rk["epochs"], "best_epoch": rk["best_epoch"]}
+            res = stages.cached("eval", "ranker-id", eval_fp(s, rk_id, "ranker"),
                                 partial(pipe.rank_evaluate, ds, rk["best_model"]))
-            add("ranker id (SASRec, item IDs)", "ranker", None, _eval_entry(res, seed, rk["train_seconds"]))
-            if seed == bc.seeds[0]:
-                curves["ranker id (SASRec, item IDs)"] = {
-                    "unit": "epoch", "metric": cfg.ranker.metric,
-                    "points": [[h["epoch"], h[f"valid_{cfg.ranker.metric}"]] for h in rk["history"]]}
-    pop = base.baseline(ds, "popularity")
-    add("popularity", "baseline", None, _eval_entry(pop, 0, None))
+            name = "ranker id (SASRec, item IDs)"
+            add(name, "ranker", None, _eval_entry(res, seed, rk["train_seconds"]))
+            if first:
+                curves[name] = curve(rk["history"], "epoch", f"valid_{cfg.ranker.metric}", cfg.ranker.metric)
+        pipe = Pipeline(updated(cfg, {"seed": seed}), show_progress=show_progress, log=log)
+        add("popularity", "baseline", None, _eval_entry(pipe.baseline(ds, "popularity"), seed, None))
     systems = {n: system_entry(kinds[n][0], rs, kinds[n][1]) for n, rs in results.items()}
     device = next((s["device"] for s in systems.values() if s["device"]), "cpu")
     report = compose_report(
@@ -282,9 +346,14 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
 
 def compose_from_files(paths: Sequence[str | Path], title: str = "MMQ-Rec report") -> dict[str, Any]:
     """A report from earlier `mmq benchmark` outputs (their report.json) and `--report` JSON files
-    of `mmq evaluate`, `mmq rank evaluate` and `mmq baseline` (each one system)."""
+    of `mmq evaluate`, `mmq rank evaluate` and `mmq baseline` (each one system). A name met twice
+    is prefixed with its source's folder; all sources must share their cut-offs and dataset."""
     systems: dict[str, Any] = {}
-    ks, env, tokenizers, curves, dataset = None, {}, {}, {}, ""
+    ks, env, tokenizers, curves, dataset = None, {}, {}, {}, None
+
+    def put(name: str, entry: dict[str, Any], source: Path) -> None:
+        systems[name if name not in systems else f"{source.parent.name}/{name}"] = entry
+
     for p in paths:
         p = Path(p)
         f = p / "report.json" if p.is_dir() else p
@@ -293,23 +362,31 @@ def compose_from_files(paths: Sequence[str | Path], title: str = "MMQ-Rec report
         data = read_json(f)
         if not isinstance(data, dict) or data.get("generated_by") != GENERATED_BY:
             raise DataError("not a report written by MMQ-Rec", path=f)
+        if ks is not None and list(data.get("ks", [])) != list(ks):
+            raise DataError(f"reports Recall/NDCG at {data.get('ks')}, the others at {ks}: compose reports with "
+                            "the same eval.ks", path=f)
+        ks = data.get("ks")
+        name_of = data.get("dataset") if isinstance(data.get("dataset"), str) else None
+        if name_of and dataset and name_of != dataset:
+            raise DataError(f"is about dataset {name_of!r}, the others about {dataset!r}", path=f)
+        dataset = dataset or name_of
         if "systems" in data:  # a benchmark's report
-            systems.update(data["systems"])
-            ks = ks or data["ks"]
+            for name, entry in data["systems"].items():
+                put(name, entry, f)
             env = env or data.get("environment", {})
             tokenizers.update(data.get("tokenizers", {}))
             curves.update(data.get("curves", {}))
-            dataset = dataset or data.get("dataset", "")
         elif "results" in data:  # one evaluation's --report
+            tags = [t for t in (data.get("split") if data.get("split") != "test" else None,
+                                "history excluded" if data.get("exclude_history") else None) if t]
             for name, metrics in data["results"].items():
-                label = f"{name} [{f.stem}]"
-                systems[label] = system_entry(data.get("mode", "evaluation"), [{
+                label = f"{name} [{f.stem}{', ' + ', '.join(tags) if tags else ''}]"
+                put(label, system_entry(data.get("mode", "evaluation"), [{
                     "seed": None, "metrics": metrics, "users_per_second": data.get("users_per_second"),
-                    "device": data.get("device", ""), "train_minutes": None}])
-            ks = ks or data["ks"]
+                    "device": data.get("device", ""), "train_minutes": None}]), f)
         else:
             raise DataError("a report JSON without results", path=f)
     if not systems:
         raise DataError("no results in the given files", field="runs")
-    return compose_report(title, systems, ks, dataset=dataset, environment_=env, tokenizers=tokenizers, curves=curves,
-                          subtitle="Composed by `mmq report` from: " + ", ".join(str(p) for p in paths))
+    return compose_report(title, systems, ks, dataset=dataset or "", environment_=env, tokenizers=tokenizers,
+                          curves=curves, subtitle="Composed by `mmq report` from: " + ", ".join(str(p) for p in paths))

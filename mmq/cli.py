@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mmq_rec.recdata.errors import DataError
-
-FORMATS = ("jsonl", "p5", "unisrec", "recbole", "amazon2014", "amazon2018", "amazon2023", "tiktok")
+from mmq_rec.recdata.loaders import FORMATS
 
 
 def _prepare(args: argparse.Namespace, cfg) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def _benchmark(args: argparse.Namespace, cfg) -> dict[str, Any]:
 
     out = args.output or cfg.output_dir
     report = run_benchmark(cfg, out, show_progress=not args.json, log=(lambda s: None) if args.json else print,
-                           command="mmq " + " ".join(sys.argv[1:]), overwrite=args.overwrite)
+                           command=args.command_line, overwrite=args.overwrite)
     if not args.json:
         print("\n".join(report["answers"]))
         print(f"report -> {report['files']['html']} (also report.md, report.json)")
@@ -197,8 +197,9 @@ def _report(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq_rec.benchmark import compose_from_files, write_report_files
     from mmq_rec.recdata.io import claim_dir
 
-    out = claim_dir(args.output, "report", inputs=tuple(args.runs))
-    report = compose_from_files(args.runs, args.title)
+    report = compose_from_files(args.runs, args.title)  # bad inputs stop before anything is written
+    report["command"] = args.command_line
+    out = claim_dir(args.output, "report", inputs=tuple(args.runs), overwrite=args.overwrite)
     files = write_report_files(report, out)
     if not args.json:
         print("\n".join(report["answers"]))
@@ -428,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("runs", nargs="+", help="benchmark output directories or report JSON files")
     sp.add_argument("--output", required=True, help="directory for report.md, report.json, report.html")
     sp.add_argument("--title", default="MMQ-Rec report")
+    overwrite(sp)
 
     sp = add("demo", _demo, "Run every stage on a built-in synthetic catalogue (offline, a few minutes on CPU).")
     sp.add_argument("--output", help="output directory (default: config output_dir, runs/demo)")
@@ -447,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    args.command_line = "mmq " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, rest, preset="demo" if args.command == "demo" else None,
                           flags=_flag_overrides(args))

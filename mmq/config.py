@@ -33,6 +33,7 @@ from mmq_rec.generator.recommend import DTYPES
 from mmq_rec.generator.train import TrainConfig
 from mmq_rec.ranker.model import RankerConfig
 from mmq_rec.recdata.errors import DataError
+from mmq_rec.recdata.loaders import FORMATS
 from mmq_rec.recdata.synthetic import SyntheticConfig
 from mmq_rec.tokenizer.api import TOKENIZERS
 from mmq_rec.tokenizer.baselines import ExternalConfig, RandomConfig, RQKMeansConfig, RQVAEConfig
@@ -46,6 +47,7 @@ from mmq_rec.tokenizer.mmq import MMQConfig
 from mmq_rec.tokenizer.training import resolve_device
 
 MODALITIES = ("text", "attributes", "image", "collaborative")
+
 
 
 def _at_least(cfg: Any, low: int, *names: str) -> None:
@@ -158,8 +160,11 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tokenizers if t not in TOKENIZERS]
-        if not self.tokenizers or unknown:
-            raise ValueError(f"tokenizers: must list tokenizers from {', '.join(TOKENIZERS)} (got {self.tokenizers!r})")
+        if not self.tokenizers or unknown or len(set(self.tokenizers)) != len(self.tokenizers):
+            raise ValueError(f"tokenizers: must list distinct tokenizers from {', '.join(TOKENIZERS)} "
+                             f"(got {self.tokenizers!r})")
+        if self.source_format not in FORMATS:
+            raise ValueError(f"source_format: must be one of {', '.join(FORMATS)} (got {self.source_format!r})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
             raise ValueError(f"seeds: must list distinct seeds in [0, 2**32) (got {self.seeds!r})")
 
@@ -198,6 +203,11 @@ class Config:
         for key, metric in (("train.metric", self.train.metric), ("ranker.metric", self.ranker.metric)):
             if int(metric.partition("@")[2]) not in ks:
                 raise ValueError(f"{key}: its K must be one of eval.ks {ks} (got {metric!r})")
+        if min(self.ranker.candidates) < max(ks):
+            raise ValueError(f"ranker.candidates: each must be >= max(eval.ks) = {max(ks)} "
+                             f"(got {self.ranker.candidates!r})")
+        if "external" in self.benchmark.tokenizers and not self.tokenize.external.path:
+            raise ValueError("tokenize.external.path: benchmark.tokenizers lists external, which needs a SID table")
         # top-max(ks) needs that many beams (the search would silently widen a narrower beam)
         if self.decode.beam_width < max(ks):
             raise ValueError(f"decode.beam_width: must be >= max(eval.ks) = {max(ks)} "

@@ -101,8 +101,7 @@ def run_demo(pipe: Pipeline, output: str | Path | None = None, overwrite: bool =
         "seed": cfg.seed, "metrics": r["metrics"], "users_per_second": r.get("users_per_second"),
         "device": r.get("device", "cpu"), "train_minutes": minutes.get(k)}]) for k, r in results["test"].items()}
     curves = {name: {"unit": "step", "metric": cfg.train.metric,
-                     "points": [[h["step"], h[f"valid_{cfg.train.metric}"]] for h in run["history"]
-                                if f"valid_{cfg.train.metric}" in h]}}
+                     "points": [[h["step"], h[cfg.train.metric]] for h in run["history"] if cfg.train.metric in h]}}
     report = compose_report(
         "MMQ-Rec demo (synthetic data)", systems, ks, dataset=ds.name,
         subtitle=f"{BANNER} Test split, leave-one-out, full-catalogue ranking, one seed ({cfg.seed}). "
@@ -118,5 +117,6 @@ def run_demo(pipe: Pipeline, output: str | Path | None = None, overwrite: bool =
     elapsed = time.perf_counter() - t_start
     log(f"[done] report -> {files['html']} (also report.md, report.json; {elapsed:.1f}s). {BANNER}")
     return {"synthetic": True, "dataset": s, "split": split.summary(), "buckets": buckets.sizes(),
-            "modality_structure": structure, "tokenizer": tok.quality, "test": test, "report": files["html"],
+            "modality_structure": structure, "tokenizer": tok.quality, "test": test, "report": files,
+            "answers": report["answers"],
             "seconds": elapsed}

@@ -358,7 +358,7 @@ class Pipeline:
                 "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": c.get("device"),
                 "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
                 "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
-                "dataset": _dataset_digest(ds),
+                "dataset": dataset_digest(ds),
                 "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
 
     # ------------------------------------------------------------------ loading artefacts
@@ -442,7 +442,7 @@ class Pipeline:
         # more epochs or patience continue the same run (the learning rate does not depend on them)
         ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
         fingerprint = {"seed": cfg.seed, "ranker": ranker, "split": split_settings(cfg), "device": c.get("device"),
-                       "metric_ks": c["eval"]["ks"], "dataset": _dataset_digest(ds),
+                       "metric_ks": c["eval"]["ks"], "dataset": dataset_digest(ds),
                        "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
         if not overwrite:
             read_ranker_checkpoint(output)  # a damaged checkpoint stops the run before anything is written
@@ -593,7 +593,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _dataset_digest(ds: RecDataset) -> dict[str, Any]:
+def dataset_digest(ds: RecDataset) -> dict[str, Any]:
     return {"items": ds.num_items, "users": ds.num_users, "interactions": ds.num_interactions,
             "sequences": _digest(np.concatenate(ds.sequences()).tobytes()
                                  + np.array([len(q) for q in ds.sequences()]).tobytes())}

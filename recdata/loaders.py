@@ -29,6 +29,9 @@ from mmq_rec.recdata._build import (
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.schema import RecDataset, check_feature_name, load_feature_matrix
 
+FORMATS = ("jsonl", "p5", "unisrec", "recbole", "amazon2014", "amazon2018", "amazon2023", "tiktok")
+"""The formats `mmq prepare --format` reads (amazon* are raw dumps, read by `recdata.amazon`)."""
+
 # "Industrial & Scientific,Industrial Electrical" separates with a bare comma, while names such
 # as "Arts, Crafts & Sewing" contain ", ": split only on commas not followed by a space.
 _CATEGORY_SPLIT = re.compile(r",(?! )")
