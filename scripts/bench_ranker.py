@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmq_rec.benchmark import compose_report, environment, system_entry, write_report_files
+from mmq_rec.config import to_yaml
 from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
 from mmq_rec.pipeline import Pipeline
 from mmq_rec.recdata.io import write_json, write_text
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--rerank-users", type=int, default=0,
                     help="generate -> rank on a fixed random sample of this many test users (0 = all)")
     ap.add_argument("--out", default=str(HERE / "benchmarks" / "ranker"))
+    ap.add_argument("--page", help="also write the `mmq benchmark` page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
     toks = dict(t.split("=", 1) for t in args.tokenizer)
     work = Path(args.work)
@@ -121,7 +124,7 @@ def main() -> None:
                                             max_users=args.rerank_users)
                 f = evaluator.rank_evaluate(ds, Path(r["run"]) / "best", max_users=args.rerank_users)
                 per_seed.append({"seed": r["seed"], "generate_rank": g, "full_same_users": f})
-            rerank[str(n)] = {
+            rerank[str(n)] = {"per_seed": per_seed,
                 "users": per_seed[0]["generate_rank"]["users"],
                 "generate_rank": mean_std([p["generate_rank"]["metrics"] for p in per_seed]),
                 "full_same_users": mean_std([p["full_same_users"]["metrics"] for p in per_seed]),
@@ -162,7 +165,40 @@ def main() -> None:
                  for label, rs in runs.items()}})
     write_text(Path(args.out).with_suffix(".md"), render(args, cmd, env, runs, agg, agg_excl, rerank, summary,
                                                            best_sid, id_label, metric, ds.name, ks))
+    if args.page:
+        write_page(args, cmd, ds, runs, rerank, best_sid, ks, evaluator)
     print(json.dumps(summary, indent=1))
+
+
+def write_page(args, cmd, ds, runs, rerank, best_sid, ks, evaluator) -> None:
+    """The same rows as the `mmq benchmark` page (one HTML file with figures), plus generate -> rank."""
+    def entry(res, seed, minutes):
+        return {"seed": seed, "metrics": res["metrics"], "users_per_second": res.get("users_per_second"),
+                "device": res.get("device", ""), "train_minutes": minutes}
+
+    systems = {}
+    for label, rs in runs.items():
+        name = "ranker id (SASRec, item IDs)" if label == "id" else f"ranker {label}"
+        systems[name] = system_entry("ranker", [entry(r["test"], r["seed"], r["train"]["train_seconds"] / 60)
+                                                for r in rs])
+    for n, v in rerank.items() if not args.rerank_users else ():  # a sample is not comparable with every user
+        systems[f"generate({n}) → rank {best_sid}, {v['users']:,} sampled users"] = system_entry(
+            "generate→rank", [entry(p["generate_rank"], p["seed"], None) for p in v["per_seed"]])
+    systems["popularity"] = system_entry("baseline", [entry(evaluator.baseline(ds, "popularity"), 0, None)])
+    curves = {("ranker id (SASRec, item IDs)" if label == "id" else f"ranker {label}"): {
+        "unit": "epoch", "metric": "ndcg@10", "points": [[h["epoch"], h["valid_ndcg@10"]] for h in rs[0]["train"]["history"]]}
+        for label, rs in runs.items()}
+    tokenizers = {name: json.loads((Path(path) / "quality.json").read_text()) for name, path in
+                  (t.split("=", 1) for t in args.tokenizer)}
+    report = compose_report(f"Rankers on {ds.name}: item-ID vs semantic-ID item representations", systems, ks,
+                            dataset=ds.name, subtitle="Test split, leave-one-out, full catalogue, history not "
+                            "excluded; checkpoints chosen on validation; mean ± std over seeds. Written by "
+                            "scripts/bench_ranker.py (see ranker.md beside it for the history-excluded column).",
+                            environment_=environment(systems[next(iter(systems))]["device"]), command=cmd,
+                            config=to_yaml(evaluator.cfg), tokenizers=tokenizers, curves=curves,
+                            curve_seed=args.seeds[0])
+    Path(args.page).mkdir(parents=True, exist_ok=True)
+    write_report_files(report, Path(args.page))
 
 
 def _curve(runs: list[dict]) -> list[float]:
