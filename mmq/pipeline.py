@@ -323,15 +323,8 @@ class Pipeline:
         cfg = self.cfg
         table = self._checked_table(ds, tokenizer_dir)
         if is_main_process():  # the other ranks wait for this at the start of training
-            inputs = (ds.meta.get("path"), tokenizer_dir)
-            check_output(output, "generator-run", overwrite=overwrite, inputs=inputs, replaces=False)
-            fingerprint = self._run_fingerprint(ds, table)
-            if not overwrite:
-                read_checkpoint_state(output)  # a damaged checkpoint stops the run before anything is written
-                _check_run_fingerprint(Path(output), fingerprint)
-            claim_dir(output, "generator-run", overwrite=overwrite, inputs=inputs)
-            _start_run(Path(output), fingerprint, fresh=overwrite)
-            write_text(Path(output) / "config.yaml", to_yaml(cfg) + "\n")
+            self._open_run(output, "generator-run", (ds.meta.get("path"), tokenizer_dir),
+                           self._run_fingerprint(ds, table), read_checkpoint_state, overwrite)
         split = self.split(ds)
         codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
         user_ids = ds.user_ids()
@@ -359,7 +352,19 @@ class Pipeline:
                 "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
                 "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
                 "dataset": dataset_digest(ds),
-                "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
+                "sid_table": _table_digest(table)}
+
+    def _open_run(self, output: str | Path, kind: str, inputs: tuple, fingerprint: dict[str, Any],
+                  read_checkpoint: Callable[[str | Path], Any], overwrite: bool) -> None:
+        """Check, claim and stamp a training run directory before anything trains: a damaged
+        checkpoint or a run under other settings stops here (`overwrite` starts it afresh)."""
+        check_output(output, kind, overwrite=overwrite, inputs=inputs, replaces=False)
+        if not overwrite:
+            read_checkpoint(output)  # a damaged checkpoint stops the run before anything is written
+            _check_run_fingerprint(Path(output), fingerprint)
+        claim_dir(output, kind, overwrite=overwrite, inputs=inputs)
+        _start_run(Path(output), fingerprint, fresh=overwrite)
+        write_text(Path(output) / "config.yaml", to_yaml(self.cfg) + "\n")
 
     # ------------------------------------------------------------------ loading artefacts
     @staticmethod
@@ -436,20 +441,13 @@ class Pipeline:
         cfg = self.cfg
         check_single_process()
         table = self._checked_table(ds, tokenizer_dir)
-        inputs = (ds.meta.get("path"), tokenizer_dir)
-        check_output(output, "ranker-run", overwrite=overwrite, inputs=inputs, replaces=False)
         c = to_dict(cfg)
         # more epochs or patience continue the same run (the learning rate does not depend on them)
         ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
         fingerprint = {"seed": cfg.seed, "ranker": ranker, "split": split_settings(cfg), "device": c.get("device"),
-                       "metric_ks": c["eval"]["ks"], "dataset": dataset_digest(ds),
-                       "sid_table": _digest(json.dumps(table.to_json(), sort_keys=True).encode())}
-        if not overwrite:
-            read_ranker_checkpoint(output)  # a damaged checkpoint stops the run before anything is written
-            _check_run_fingerprint(Path(output), fingerprint)
-        claim_dir(output, "ranker-run", overwrite=overwrite, inputs=inputs)
-        _start_run(Path(output), fingerprint, fresh=overwrite)
-        write_text(Path(output) / "config.yaml", to_yaml(cfg) + "\n")
+                       "metric_ks": c["eval"]["ks"], "dataset": dataset_digest(ds), "sid_table": _table_digest(table)}
+        self._open_run(output, "ranker-run", (ds.meta.get("path"), tokenizer_dir), fingerprint,
+                       read_ranker_checkpoint, overwrite)
         split = self.split(ds)
         counts = self.buckets(ds).popularity
         windows, targets, _ = all_position_windows(split.train_sequences, cfg.data.max_history)
@@ -591,6 +589,10 @@ class Pipeline:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _table_digest(table: SIDTable) -> str:
+    return _digest(json.dumps(table.to_json(), sort_keys=True).encode())
 
 
 def dataset_digest(ds: RecDataset) -> dict[str, Any]:
