@@ -22,16 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import T5ForConditionalGeneration
 
-from mmq_rec.generator.objective import encode
+from mmq_rec.generator.objective import encode, project
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.generator.vocab import SIDVocab
-
-
-def project(model: T5ForConditionalGeneration, hidden: torch.Tensor) -> torch.Tensor:
-    """Decoder hidden states -> vocabulary logits, as T5's forward computes them."""
-    if getattr(model.config, "scale_decoder_outputs", getattr(model.config, "tie_word_embeddings", False)):
-        hidden = hidden * (model.config.d_model ** -0.5)
-    return model.lm_head(hidden)
 
 
 class T5StepDecoder:

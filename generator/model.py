@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
 from mmq_rec.generator.objective import OBJECTIVES, history_inputs
@@ -48,6 +50,10 @@ class GeneratorConfig:
     (item mode only): a causal encoder over each user window, every position a target, one
     forward pass per window; auto: all_positions in item mode without user tokens, else prefix."""
 
+    item_id_embedding: bool = False
+    """item mode: add a learned per-item embedding to the sum of the item's SID token embeddings
+    (zero-initialised, so an item never seen in training is read by its SID tokens alone)."""
+
     def __post_init__(self) -> None:
         # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
         if self.input_mode not in INPUT_MODES:
@@ -63,6 +69,8 @@ class GeneratorConfig:
             raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)} (got {self.objective!r})")
         if self.objective == "all_positions" and self.input_mode != "item":
             raise ValueError("objective: all_positions needs input_mode item (a flat history has no item positions)")
+        if self.item_id_embedding and self.input_mode != "item":
+            raise ValueError("item_id_embedding: needs input_mode item (a flat history has no item positions)")
         if self.objective == "all_positions" and self.user_buckets:
             # T5's relative position bias would see the user token at another distance from each
             # position than at inference, so the two objectives would train different models
@@ -106,6 +114,8 @@ class SIDCodec:
         tokens = self.vocab.to_tokens(table.codes)
         # row N is the padding item (index -1 wraps to it)
         self.item_tokens = torch.from_numpy(np.concatenate([tokens, np.full((1, tokens.shape[1]), PAD)]))
+        # (num_items + 1, d) per-item input embedding of an `item_id_embedding` model, last row zero
+        self.item_embedding: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -114,6 +124,8 @@ class SIDCodec:
     def to(self, device: str | torch.device) -> SIDCodec:
         """Keep the item -> token table on `device` (in place, once), where lookups then index it."""
         self.item_tokens = self.item_tokens.to(device)
+        if self.item_embedding is not None:
+            self.item_embedding = self.item_embedding.to(device)
         return self
 
     def labels(self, targets: torch.Tensor) -> torch.Tensor:
@@ -134,7 +146,7 @@ class SIDCodec:
         required when the vocabulary has user tokens (ignored otherwise) -> kwargs for the T5 encoder,
         on the model's device. The table moves to the model's device on first use and stays there."""
         dev = model.device
-        if self.item_tokens.device != dev:
+        if self.item_tokens.device != dev or (self.item_embedding is not None and self.item_embedding.device != dev):
             self.to(dev)
         if self.uses_users:
             if users is None:
@@ -142,10 +154,11 @@ class SIDCodec:
                                  f"{self.vocab.user_buckets}): pass the users' ids")
             users = users.to(dev)
         return history_inputs(model, self.item_tokens, histories.to(dev), users if self.uses_users else None,
-                              self.input_mode)
+                              self.input_mode, self.item_embedding)
 
 
 ITEMS_FILE = "items.json"
+ITEM_EMBEDDING_FILE = "item_embedding.safetensors"
 
 
 def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
@@ -155,6 +168,10 @@ def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: S
         if titles is not None:
             (tmp / ITEMS_FILE).write_text(json.dumps(dict(zip(codec.table.item_ids, titles, strict=True))) + "\n")
         model.save_pretrained(tmp, safe_serialization=True)
+        if cfg.item_id_embedding:
+            if codec.item_embedding is None:
+                raise ValueError("the config has item_id_embedding but the codec holds no item embedding")
+            save_file({"weight": codec.item_embedding.detach().cpu().contiguous()}, tmp / ITEM_EMBEDDING_FILE)
         codec.vocab.hf_tokenizer().save_pretrained(tmp)
         (tmp / GENERATOR_FILE).write_text(json.dumps({**asdict(cfg), **(extra or {})}, indent=2) + "\n")
         codec.table.save(tmp / SID_TABLE_FILE)
@@ -176,4 +193,20 @@ def load_generator(path: str | Path) -> tuple[T5ForConditionalGeneration, SIDCod
     if model.config.vocab_size != codec.vocab.size:
         raise DataError(f"model vocabulary {model.config.vocab_size} does not match the SID table "
                         f"({codec.vocab.size})", path=path)
+    if cfg.item_id_embedding:
+        codec.item_embedding = _item_embedding(path / ITEM_EMBEDDING_FILE, len(codec.item_tokens),
+                                               model.config.d_model)
     return model, codec, cfg, {k: v for k, v in info.items() if k not in fields}
+
+
+def _item_embedding(path: Path, rows: int, dim: int) -> torch.Tensor:
+    if not path.is_file():
+        raise DataError("missing: the generator has item_id_embedding but no item embedding file", path=path)
+    try:
+        weight = load_file(path).get("weight")
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"unreadable safetensors file ({e})", path=path) from None
+    if weight is None or tuple(weight.shape) != (rows, dim):
+        raise DataError(f"expected a 'weight' tensor of shape ({rows}, {dim}) (SID-table items + padding, "
+                        f"d_model)", path=path)
+    return weight

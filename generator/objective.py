@@ -9,8 +9,9 @@
   (tested). A model trained this way carries `causal_encoder = True` in its config, and every
   encoder pass (`encode`) applies the causal mask, at inference too.
 
-`GeneratorLoss` holds the T5 model and the item -> SID-token table as a buffer, so `.to(device)`
-and accelerate's DDP wrapping cover everything a training step touches."""
+`GeneratorLoss` holds the T5 model, the item -> SID-token table as a buffer and, when the model
+has one, the per-item input embedding, so `.to(device)` and accelerate's DDP wrapping cover
+everything a training step touches."""
 
 from __future__ import annotations
 
@@ -51,11 +52,64 @@ def encode(model: T5ForConditionalGeneration, encoder_inputs: dict[str, torch.Te
     return model.get_encoder()(**inputs).last_hidden_state
 
 
+def project(model: T5ForConditionalGeneration, hidden: torch.Tensor) -> torch.Tensor:
+    """Decoder hidden states -> vocabulary logits, as T5's forward computes them."""
+    if getattr(model.config, "scale_decoder_outputs", getattr(model.config, "tie_word_embeddings", False)):
+        hidden = hidden * (model.config.d_model ** -0.5)
+    return model.lm_head(hidden)
+
+
+def _attend(att: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """T5's eager attention (no 1/sqrt(d) unless the module sets it), heads merged back: (E, L, H*d)."""
+    w = torch.softmax(q @ k.transpose(2, 3) * att.scaling + bias, dim=-1)
+    w = nn.functional.dropout(w, p=att.dropout, training=att.training)
+    return (w @ v).transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+def decode_targets(model: T5ForConditionalGeneration, hidden: torch.Tensor, mask: torch.Tensor,
+                   row: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced decoder logits (E, L, V) of targets e = (window row[e], position pos[e]) with
+    SID tokens `labels` (E, L): the decoder for target e reads the encoder states `hidden` (B, S, d)
+    of its window at valid (`mask`, (B, S)) positions <= pos[e].
+
+    The same computation as `model(encoder_outputs=(hidden[row],), attention_mask=visible,
+    labels=labels).logits`, dropout included (tested equal), with the model's own modules; but the
+    cross-attention keys and values are projected once per window and shared by the window's
+    targets, instead of once per target (with ~6 targets per window that projection was most of
+    the decoder's cost)."""
+    dec = model.decoder
+    heads, d_kv = model.config.num_heads, model.config.d_kv
+    e, length = labels.shape
+    b, s = hidden.shape[:2]
+    x = dec.dropout(dec.embed_tokens(model._shift_right(labels)))
+    neg = torch.finfo(x.dtype).min
+    visible = (torch.arange(s, device=hidden.device)[None] <= pos[:, None]) & mask[row].bool()
+    cross_bias = torch.zeros(e, 1, 1, s, dtype=x.dtype, device=x.device).masked_fill_(~visible[:, None, None], neg)
+    causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+    self_bias = dec.block[0].layer[0].SelfAttention.compute_bias(length, length, device=x.device)
+    self_bias = self_bias.to(x.dtype).masked_fill(~causal, neg)  # (1, H, L, L)
+    for block in dec.block:
+        sa, ca, ff = block.layer
+        hs = sa.layer_norm(x)
+        q, k, v = (lin(hs).view(e, length, heads, d_kv).transpose(1, 2)
+                   for lin in (sa.SelfAttention.q, sa.SelfAttention.k, sa.SelfAttention.v))
+        x = x + sa.dropout(sa.SelfAttention.o(_attend(sa.SelfAttention, q, k, v, self_bias)))
+        att = ca.EncDecAttention
+        q = att.q(ca.layer_norm(x)).view(e, length, heads, d_kv).transpose(1, 2)
+        k = att.k(hidden).view(b, s, heads, d_kv).transpose(1, 2)[row]  # projected per window, read per target
+        v = att.v(hidden).view(b, s, heads, d_kv).transpose(1, 2)[row]
+        x = x + ca.dropout(att.o(_attend(att, q, k, v, cross_bias)))
+        x = x + ff.dropout(ff.DenseReluDense(ff.layer_norm(x)))
+    return project(model, dec.dropout(dec.final_layer_norm(x)))
+
+
 def history_inputs(model: T5ForConditionalGeneration, item_tokens: torch.Tensor, histories: torch.Tensor,
-                   users: torch.Tensor | None, input_mode: str) -> dict[str, torch.Tensor]:
+                   users: torch.Tensor | None, input_mode: str,
+                   item_embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """T5 encoder kwargs for item-row histories (B, H), -1 = padding (`item_tokens` on the same
     device; its last row is the padding item). `users` (B,): hashed user-token ids read first, or
-    None. flat: the SID tokens flattened; item: one position per item, the sum of its token embeddings."""
+    None. flat: the SID tokens flattened; item: one position per item, the sum of its token
+    embeddings, plus its row of `item_embedding` (num_items + 1, d) when the model has one."""
     tok = item_tokens[histories]  # (B, H, L)
     if input_mode == "flat":
         ids = tok.flatten(1)
@@ -64,6 +118,10 @@ def history_inputs(model: T5ForConditionalGeneration, item_tokens: torch.Tensor,
         return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
     embed = model.get_input_embeddings()
     emb, mask = embed(tok).sum(dim=2), (histories >= 0).long()
+    if item_embedding is not None:
+        pad = item_embedding.shape[0] - 1
+        emb = emb + nn.functional.embedding(torch.where(histories < 0, pad, histories), item_embedding,
+                                            padding_idx=pad)
     if users is not None:
         emb = torch.cat([embed(users[:, None]), emb], dim=1)
         mask = torch.cat([torch.ones_like(users[:, None]), mask], dim=1)
@@ -108,17 +166,20 @@ class GeneratorLoss(nn.Module):
     -1 wraps to it); `user_offset` > 0 when the encoder reads a hashed user token first."""
 
     def __init__(self, t5: T5ForConditionalGeneration, item_tokens: torch.Tensor, input_mode: str,
-                 all_positions: bool, uses_users: bool):
+                 all_positions: bool, uses_users: bool, item_embedding: bool = False):
         super().__init__()
         self.t5 = t5
         self.register_buffer("item_tokens", item_tokens.clone(), persistent=False)
+        # zero-initialised: an item never seen in training keeps a zero row (its SID tokens alone)
+        self.item_embedding = (nn.Parameter(torch.zeros(len(item_tokens), t5.config.d_model))
+                               if item_embedding else None)
         self.input_mode = input_mode
         self.all_positions = all_positions
         self.uses_users = uses_users
 
     def encoder_inputs(self, histories: torch.Tensor, users: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return history_inputs(self.t5, self.item_tokens, histories, users if self.uses_users else None,
-                              self.input_mode)
+                              self.input_mode, self.item_embedding)
 
     def forward(self, histories: torch.Tensor, targets: torch.Tensor,
                 users: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,11 +197,8 @@ class GeneratorLoss(nn.Module):
                                        attention_mask=causal_mask(mask, inputs["inputs_embeds"].dtype)
                                        ).last_hidden_state
         row, pos = (targets >= 0).nonzero(as_tuple=True)
-        # the decoder for the item after position t sees encoder positions <= t
-        visible = (torch.arange(hidden.shape[1], device=mask.device)[None] <= pos[:, None]) & mask[row].bool()
         labels = self.item_tokens[targets[row, pos]]
-        out = self.t5(encoder_outputs=(hidden[row],), attention_mask=visible.long(),
-                      decoder_input_ids=self.t5._shift_right(labels))
-        logits = out.logits.float()
+        # the decoder for the item after position t sees encoder positions <= t
+        logits = decode_targets(self.t5, hidden, mask, row, pos, labels).float()
         per_token = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         return per_token.mean(dim=1)

@@ -47,7 +47,7 @@ from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, save
 from mmq_rec.generator.objective import GeneratorLoss
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.io import atomic_dir, write_json
-from mmq_rec.tokenizer.training import make_accelerator, resolve_device
+from mmq_rec.tokenizer.training import describe_device, make_accelerator, resolve_device
 
 STATE_FILE = "trainer_state.json"
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
@@ -192,7 +192,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     accelerator.wait_for_everyone()  # rank 0 has checked, claimed and fingerprinted the run directory
     set_seed(cfg.seed)
     model = build_model(codec.vocab, model_cfg)
-    net = GeneratorLoss(model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users)
+    net = GeneratorLoss(model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users,
+                        model_cfg.item_id_embedding)
     optim = _adamw(net, cfg, accelerator.device)
     plan = initial_plan(cfg)
     # The scheduler is not given to accelerate.prepare, which would step it once per process:
@@ -201,6 +202,9 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     net, optim = accelerator.prepare(net, optim)
     accelerator.register_for_checkpointing(sched)
     model = accelerator.unwrap_model(net).t5
+    train_device = describe_device(accelerator.device)
+    # validation and the saved model read the item embedding being trained (the same tensor)
+    codec.item_embedding = accelerator.unwrap_model(net).item_embedding
     # training data lives on the device; batches are index slices of a seeded permutation
     columns = [t.to(accelerator.device) for t in
                (train_histories, train_targets, *([train_users] if codec.uses_users else []))]
@@ -248,7 +252,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                 state.update(best_metric=value, best_step=state["step"], bad_evals=0)
                 if accelerator.is_main_process:
                     save_generator(out / "best", model, codec, model_cfg,
-                                   {"step": state["step"], "valid": metrics, **(extra_info or {})}, titles)
+                                   {"step": state["step"], "valid": metrics, "train_device": train_device,
+                                    "processes": accelerator.num_processes, **(extra_info or {})}, titles)
             else:
                 state["bad_evals"] += 1
             _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "

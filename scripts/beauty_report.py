@@ -1,11 +1,16 @@
 """Write benchmarks/beauty.md + beauty.json from finished `mmq train` runs and `mmq evaluate --json` outputs.
 
-    python scripts/beauty_report.py --run "LABEL=RUN_DIR:EVAL.json" [--run ...] --commands FILE.sh
+    python scripts/beauty_report.py --run "LABEL=RUN_DIR:EVAL.json[,EXCLUDED.json]" [--run ...] \
+        --commands FILE.sh [--headline LABEL] [--wide LABEL=EVAL.json] [--previous benchmarks/beauty.json]
 
 Runs that share a LABEL are seeds of one configuration: the report gives their mean ± std (sample
-standard deviation) and a row per run. Nothing is computed here beyond that: it collects what the
-runs measured (test metrics per popularity bucket, training steps and time, validation history,
-tokenizer quality) beside the exact commands."""
+standard deviation) and a row per run. EXCLUDED.json is the same run evaluated with
+`--exclude-history`; `--wide` is an evaluation with a beam of 200 and Recall@50/100/200;
+`--headline` names the configuration whose means go to the JSON's `headline`; `--previous` keeps
+the configurations of an earlier page exactly as they were measured (with their commands).
+Nothing is computed here beyond that: it collects what the runs measured (test metrics per
+popularity bucket, training steps, time and device, validation history, tokenizer quality) beside
+the exact commands."""
 
 from __future__ import annotations
 
@@ -28,15 +33,26 @@ PUBLISHED = [  # ../shared/docs/PROTOCOL.md: (R@5, N@5, R@10, N@10), not run her
 ]
 
 
-def load_run(run_dir: Path, eval_path: Path) -> dict:
+def load_run(run_dir: Path, eval_path: Path, excluded_path: Path | None) -> dict:
     state = json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())
     gen = json.loads((run_dir / "best" / "generator.json").read_text())
+    fingerprint = json.loads((run_dir / "fingerprint.json").read_text()) if (run_dir / "fingerprint.json").is_file() else {}
     tok_quality = json.loads((Path(gen["tokenizer_dir"]) / "quality.json").read_text())
-    return {"run_dir": str(run_dir), "training": {k: v for k, v in state.items() if k != "history"},
-            "valid_history": state["history"], "generator": gen,
-            "tokenizer": {k: tok_quality[k] for k in ("tokenizer", "sid_length", "collision_rate", "utilisation",
-                                                      "entropy")},
-            "test": json.loads(eval_path.read_text())}
+    run = {"run_dir": str(run_dir), "training": {k: v for k, v in state.items() if k != "history"},
+           "train_device": gen.get("train_device") or fingerprint.get("device") or "not recorded",
+           "valid_history": state["history"], "generator": gen,
+           "tokenizer": {k: tok_quality[k] for k in ("tokenizer", "sid_length", "collision_rate", "utilisation",
+                                                     "entropy")},
+           "test": json.loads(eval_path.read_text())}
+    if excluded_path is not None:
+        run["test_excluded"] = json.loads(excluded_path.read_text())
+        if not run["test_excluded"].get("exclude_history"):
+            raise SystemExit(f"{excluded_path}: not an evaluation with --exclude-history")
+    return run
+
+
+def _device(run: dict) -> str:
+    return run.get("train_device") or ("cpu (2 cores)" if run.get("test", {}).get("device") == "cpu" else "not recorded")
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -45,31 +61,63 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
 
 
+def _headline(runs: list[dict], result: dict) -> dict:
+    devices = sorted({_device(r) for r in runs})
+    return {"device": "; ".join(devices), "minutes": round(max(r["training"]["train_seconds"] for r in runs) / 60, 1),
+            "seeds": sorted(r["generator"].get("seed") for r in runs),
+            "recall@10": result["all"]["recall@10"], "ndcg@10": result["all"]["ndcg@10"],
+            "tail_recall@10": result["tail"]["recall@10"],
+            "std": {k: result["all"][f"{k}_std"] for k in ("recall@10", "ndcg@10")}}
+
+
+def _headline_text(label: str, runs: list[dict], result: dict) -> str:
+    h = _headline(runs, result)
+    return (f"**Headline** ({label}): test R@10 {h['recall@10']:.4f} ± {h['std']['recall@10']:.4f}, "
+            f"N@10 {h['ndcg@10']:.4f} ± {h['std']['ndcg@10']:.4f}, tail R@10 {h['tail_recall@10']:.4f}; "
+            f"{len(runs)} seeds, each trained at most {h['minutes']} minutes on {h['device']}.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR:EVAL_JSON (repeat a LABEL per seed)")
     ap.add_argument("--commands", required=True, help="shell file with the exact commands that were run")
     ap.add_argument("--notes", default="", help="Markdown file with notes to append")
+    ap.add_argument("--headline", help="LABEL of the configuration whose means are the JSON's `headline`")
+    ap.add_argument("--wide", action="append", default=[], help="LABEL=EVAL_JSON: a beam-200 evaluation (R@50/100/200)")
+    ap.add_argument("--previous", help="an earlier beauty.json whose configurations are kept as measured")
     ap.add_argument("--out", default=str(HERE / "benchmarks"))
     args = ap.parse_args()
     groups: dict[str, list[dict]] = {}
     for spec in args.run:
         label, _, rest = spec.partition("=")
-        run_dir, _, eval_path = rest.rpartition(":")
-        groups.setdefault(label, []).append(load_run(Path(run_dir), Path(eval_path)))
+        run_dir, _, evals = rest.rpartition(":")
+        eval_path, _, excluded = evals.partition(",")
+        groups.setdefault(label, []).append(load_run(Path(run_dir), Path(eval_path), Path(excluded) if excluded else None))
+    new_labels = list(groups)
+    previous_commands = ""
+    if args.previous:
+        prev = json.loads(Path(args.previous).read_text())
+        previous_commands = prev.get("commands", "")
+        for label, conf in prev["configurations"].items():
+            if label in groups:
+                raise SystemExit(f"--previous {args.previous}: configuration {label!r} is also a new --run label")
+            groups[label] = conf["runs"]
     ks = [5, 10, 20]
     results = {label: mean_std([r["test"]["metrics"] for r in runs]) for label, runs in groups.items()}
     machine = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}
+    devices = sorted({_device(r) for runs in groups.values() for r in runs})
     parts = ["# Amazon Beauty, full protocol: generative retrieval",
              "Leave-one-out (TIGER/P5), history 20, full catalogue, beam 20, test split; each run's best "
              "checkpoint was chosen on validation NDCG@10 only. Where a configuration has several runs (seeds), "
-             "cells are mean ± sample std over them. Device: CPU (" + f"{os.cpu_count()} cores" + "), no GPU lent "
-             "to this task. Every number below was produced by the commands at the end of this page."]
-    rows = ["| configuration | runs | SID length | collisions | steps | train time | valid NDCG@10 (best) | "
-            "test decode | invalid-ID rate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "cells are mean ± sample std over them. Training devices, as the runs recorded them: "
+             + "; ".join(devices) + ". Every number below was produced by the commands at the end of this page."]
+    if args.headline:
+        parts.append(_headline_text(args.headline, groups[args.headline], results[args.headline]))
+    rows = ["| configuration | runs | device | SID length | collisions | steps | train time | valid NDCG@10 (best) | "
+            "test decode | invalid-ID rate |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, runs in groups.items():
         q = runs[0]["tokenizer"]
-        rows.append(f"| {label} | {len(runs)} | {q['sid_length']} | {q['collision_rate']:.4f} | "
+        rows.append(f"| {label} | {len(runs)} | {_device(runs[0])} | {q['sid_length']} | {q['collision_rate']:.4f} | "
                     f"{_spread([r['training']['step'] for r in runs], '.0f')} | "
                     f"{_spread([r['training']['train_seconds'] / 60 for r in runs], '.0f')} min | "
                     f"{_spread([r['training']['best_metric'] for r in runs], '.4f')} | "
@@ -89,6 +137,24 @@ def main() -> None:
                            f"({t['best_metric']:.4f}) | {m['all']['recall@10']:.4f} | {m['all']['ndcg@10']:.4f} | "
                            f"{m.get('tail', {}).get('recall@10', float('nan')):.4f} |")
     parts += ["## Every run", "\n".join(per_run)]
+    excluded = {label: mean_std([r["test_excluded"]["metrics"] for r in runs]) for label, runs in groups.items()
+                if all("test_excluded" in r for r in runs)}
+    if excluded:
+        parts += ["## History excluded (RecBole / eSASRec convention)",
+                  "The same checkpoints, decoded so that no item already in the user's history is recommended "
+                  "(Beauty has no repeat purchases); the TIGER protocol above does not exclude them.",
+                  metrics_table(excluded, "all", ks)]
+    wide = {}
+    for spec in args.wide:
+        label, _, path = spec.partition("=")
+        wide[label] = json.loads(Path(path).read_text())
+    if wide:
+        wks = sorted({int(k.split("@")[1]) for w in wide.values() for k in w["metrics"]["all"] if k.startswith("recall@")})
+        rows = ["| configuration (one run) | beam | users | " + " | ".join(f"R@{k}" for k in wks) + " |",
+                "|---|---:|---:|" + "---:|" * len(wks)]
+        rows += [f"| {label} | {w['beam_width']} | {w['metrics']['all']['users']:,} | "
+                 + " | ".join(f"{w['metrics']['all'][f'recall@{k}']:.4f}" for k in wks) + " |" for label, w in wide.items()]
+        parts += ["## Wide beams: the generator as a candidate retriever", "\n".join(rows)]
     pub = ["| model (published, not run here) | R@5 | N@5 | R@10 | N@10 |", "|---|---:|---:|---:|---:|"]
     pub += [f"| {n} | {a:.4f} | {b:.4f} | {c:.4f} | {d:.4f} |" for n, a, b, c, d in PUBLISHED]
     parts += ["## For reference", "\n".join(pub)]
@@ -96,11 +162,20 @@ def main() -> None:
         parts += ["## Notes", Path(args.notes).read_text().strip()]
     commands = Path(args.commands).read_text().strip()
     parts += ["## Commands", "```bash\n" + commands + "\n```"]
+    if previous_commands:
+        parts += ["## Commands of the earlier runs (kept from the previous page)", "```bash\n" + previous_commands + "\n```"]
     out = Path(args.out)
     write_text(out / "beauty.md", "\n\n".join(parts) + "\n")
-    write_json(out / "beauty.json", {"machine": machine, "device": "cpu", "commands": commands,
-                                     "configurations": {label: {"mean_std": results[label], "runs": runs}
-                                                        for label, runs in groups.items()}})
+    doc = {"machine": machine, "devices": devices, "commands": commands, "previous_commands": previous_commands,
+           "new_configurations": new_labels,
+           "configurations": {label: {"mean_std": results[label], "runs": runs} for label, runs in groups.items()}}
+    if args.headline:
+        doc = {"headline": _headline(groups[args.headline], results[args.headline]), **doc}
+    if excluded:
+        doc["history_excluded"] = excluded
+    if wide:
+        doc["wide_beam"] = wide
+    write_json(out / "beauty.json", doc)
     print(f"wrote {out / 'beauty.md'}")
 
 

@@ -13,9 +13,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mmq_rec.generator.beam import constrained_beam_search, prefix_allowed_tokens
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, build_model, load_generator, save_generator
-from mmq_rec.generator.objective import GeneratorLoss, all_position_windows, encode, is_causal
+from mmq_rec.generator.objective import GeneratorLoss, all_position_windows, decode_targets, encode, is_causal
 from mmq_rec.generator.trie import PrefixTrie
 from mmq_rec.generator.vocab import SIDVocab, user_bucket
+from mmq_rec.recdata.errors import DataError
 from mmq_rec.tokenizer.sid import SIDTable
 
 # equal encoder and decoder depth: HF generate mis-sizes its cache for T5 when they differ
@@ -286,3 +287,68 @@ def test_causal_model_beam_search_is_exact_and_reloads(tmp_path):
     save_generator(tmp_path / "g", model, codec, cfg)
     again, _, loaded_cfg, _ = load_generator(tmp_path / "g")
     assert is_causal(again) and loaded_cfg.all_positions
+
+
+def test_item_id_embedding_trains_saves_and_leaves_unseen_items_to_their_sids(tmp_path):
+    table = catalogue(7, 30, 3, 5)
+    torch.manual_seed(0)
+    codec = SIDCodec(table, "item")
+    cfg = GeneratorConfig(**{**TINY.__dict__, "input_mode": "item", "objective": "all_positions",
+                             "max_history": 6, "item_id_embedding": True})
+    model = build_model(codec.vocab, cfg)
+    net = GeneratorLoss(model, codec.item_tokens, "item", True, False, item_embedding=True)
+    assert net.item_embedding.shape == (31, 16) and not net.item_embedding.any()
+    x = torch.tensor([[-1, -1, 1, 2, 3, 4], [-1, -1, -1, -1, 5, 6]])
+    t = torch.tensor([[-1, -1, 2, 3, 4, 7], [-1, -1, -1, -1, 6, 8]])
+    optim = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        optim.zero_grad()
+        net(x, t).backward()
+        optim.step()
+    seen = {1, 2, 3, 4, 5, 6}
+    rows = net.item_embedding.detach()
+    assert all(rows[i].abs().sum() > 0 for i in seen)
+    # items never in a history (and the padding row) keep zero rows: their SID tokens alone
+    assert not rows[[i for i in range(31) if i not in seen]].any()
+    codec.item_embedding = net.item_embedding
+    model.eval()
+    hist = histories(3, 4, 30)
+    with torch.no_grad():
+        with_ids = encode(model, codec.encoder_inputs(model, hist))
+    save_generator(tmp_path / "g", model, codec, cfg)
+    m2, c2, cfg2, _ = load_generator(tmp_path / "g")
+    assert cfg2.item_id_embedding
+    with torch.no_grad():
+        torch.testing.assert_close(encode(m2, c2.encoder_inputs(m2, hist)), with_ids)
+        c2.item_embedding = None
+        assert not torch.allclose(encode(m2, c2.encoder_inputs(m2, hist)), with_ids)
+    (tmp_path / "g" / "item_embedding.safetensors").unlink()
+    with pytest.raises(DataError, match="item embedding"):
+        load_generator(tmp_path / "g")
+    with pytest.raises(ValueError, match="item_id_embedding"):
+        GeneratorConfig(input_mode="flat", item_id_embedding=True)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_decode_targets_equals_the_t5_forward(train_mode):
+    """The all-position decoder (cross-attention keys/values projected once per window) computes
+    T5's own forward on per-target copies of the encoder states, dropout included."""
+    table = catalogue(8, 30, 3, 5)
+    torch.manual_seed(0)
+    codec = SIDCodec(table, "item")
+    cfg = GeneratorConfig(**{**TINY.__dict__, "input_mode": "item", "objective": "all_positions",
+                             "max_history": 6, "dropout": 0.2})
+    model = build_model(codec.vocab, cfg).train(train_mode)
+    hidden = torch.randn(3, 6, 16)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    row, pos = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([2, 5, 0, 3, 5, 5])
+    labels = codec.labels(torch.tensor([4, 9, 1, 0, 29, 17]))
+    visible = (torch.arange(6)[None] <= pos[:, None]) & mask[row].bool()
+    torch.manual_seed(1)
+    ref = model(encoder_outputs=(hidden[row],), attention_mask=visible.long(),
+                decoder_input_ids=model._shift_right(labels)).logits
+    torch.manual_seed(1)
+    ours = decode_targets(model, hidden, mask, row, pos, labels)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    if train_mode:  # dropout is live: another draw gives other logits
+        assert not torch.allclose(decode_targets(model, hidden, mask, row, pos, labels), ref)

@@ -24,6 +24,14 @@ from tqdm.auto import tqdm
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
+def describe_device(device: str | torch.device) -> str:
+    """What ran a stage, in words: the GPU's name, or the CPU with its cores and torch threads."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """"cpu", "cuda" or "cuda:N" -> that torch device, checked to exist here; None picks CUDA when
     available (and not turned off by `accelerate launch --cpu`), else the CPU. Errors read
