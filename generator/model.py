@@ -52,7 +52,7 @@ class GeneratorConfig:
 
     item_id_embedding: bool = False
     """item mode: add a learned per-item embedding to the sum of the item's SID token embeddings
-    (zero-initialised, so an item never seen in training is read by its SID tokens alone)."""
+    (zero-initialised, so an item in no training history keeps a zero row: its SID tokens alone)."""
 
     def __post_init__(self) -> None:
         # Errors read "<field>: <reason>"; mmq.config reports them under the full dotted key.
@@ -206,7 +206,7 @@ def _item_embedding(path: Path, rows: int, dim: int) -> torch.Tensor:
         weight = load_file(path).get("weight")
     except (SafetensorError, OSError) as e:
         raise DataError(f"unreadable safetensors file ({e})", path=path) from None
-    if weight is None or tuple(weight.shape) != (rows, dim):
-        raise DataError(f"expected a 'weight' tensor of shape ({rows}, {dim}) (SID-table items + padding, "
-                        f"d_model)", path=path)
+    if weight is None or tuple(weight.shape) != (rows, dim) or not weight.is_floating_point():
+        raise DataError(f"expected a floating-point 'weight' tensor of shape ({rows}, {dim}) (SID-table "
+                        f"items + padding, d_model)", path=path)
     return weight

@@ -121,7 +121,7 @@ def history_inputs(model: T5ForConditionalGeneration, item_tokens: torch.Tensor,
     if item_embedding is not None:
         pad = item_embedding.shape[0] - 1
         emb = emb + nn.functional.embedding(torch.where(histories < 0, pad, histories), item_embedding,
-                                            padding_idx=pad)
+                                            padding_idx=pad).to(emb.dtype)  # bf16 decoding: the model's dtype
     if users is not None:
         emb = torch.cat([embed(users[:, None]), emb], dim=1)
         mask = torch.cat([torch.ones_like(users[:, None]), mask], dim=1)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mmq_rec.config import Config, to_dict, to_yaml, updated
+from mmq_rec.config import Config, fingerprint_view, to_dict, to_yaml, updated
 from mmq_rec.eval.html import render_html
 from mmq_rec.eval.report import BUCKET_TITLES, GENERATED_BY, mean_std, metrics_table
 from mmq_rec.pipeline import Pipeline, dataset_digest, split_settings
@@ -272,7 +272,7 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                 pipe.tokenize(ds, tok_dir, overwrite=True)
             tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
             label = {"mmq": "MMQ", "rqkmeans": "RQ-KMeans", "rqvae": "RQ-VAE"}.get(tok, tok)
-            gen_fp = {"tok": tok_fp, "generator": s["generator"], "train": s["train"],
+            gen_fp = {"tok": tok_fp, "generator": fingerprint_view("generator", s["generator"]), "train": s["train"],
                       "decode": {k: s["decode"][k] for k in ("valid_users", "beam_width")}, "ks": s["eval"]["ks"]}
             run = None
             if bc.generator:

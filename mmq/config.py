@@ -459,6 +459,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     return cfg
 
 
+# Options added after runs had been fingerprinted, with the value that reproduces the earlier
+# behaviour: at that value they are left out of run and stage fingerprints, so runs and cached
+# stages from before the option existed stay valid (any other value is a new configuration).
+LATER_OPTIONS: dict[str, dict[str, Any]] = {"generator": {"item_id_embedding": False}}
+
+
+def fingerprint_view(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A config section's values (from `to_dict`) as fingerprints record them (see LATER_OPTIONS)."""
+    later = LATER_OPTIONS.get(section, {})
+    return {k: v for k, v in values.items() if not (k in later and v == later[k])}
+
+
 def updated(cfg: Config, values: dict[str, Any]) -> Config:
     """A checked copy of `cfg` with `values` (a nested dict) set; settings derived from a changed
     one follow it (e.g. every per-stage seed follows `seed`)."""

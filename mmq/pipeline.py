@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmq_rec.config import MODALITIES, Config, load_config, to_dict, to_yaml
+from mmq_rec.config import MODALITIES, Config, fingerprint_view, load_config, to_dict, to_yaml
 from mmq_rec.eval.baselines import knn_rankings, popularity_rankings
 from mmq_rec.eval.buckets import PopularityBuckets, popularity_buckets
 from mmq_rec.eval.metrics import evaluate_rankings
@@ -349,7 +349,8 @@ class Pipeline:
         c = to_dict(self.cfg)
         return {"seed": c["seed"], "data": {"max_history": c["data"]["max_history"]},
                 "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": c.get("device"),
-                "cold_start_fraction": c["eval"]["cold_start_fraction"], "generator": c["generator"],
+                "cold_start_fraction": c["eval"]["cold_start_fraction"],
+                "generator": fingerprint_view("generator", c["generator"]),
                 "train": c["train"], "valid_users": c["decode"]["valid_users"], "metric_ks": c["eval"]["ks"],
                 "dataset": dataset_digest(ds),
                 "sid_table": _table_digest(table)}

@@ -39,7 +39,7 @@ def load_run(run_dir: Path, eval_path: Path, excluded_path: Path | None) -> dict
     fingerprint = json.loads((run_dir / "fingerprint.json").read_text()) if (run_dir / "fingerprint.json").is_file() else {}
     tok_quality = json.loads((Path(gen["tokenizer_dir"]) / "quality.json").read_text())
     run = {"run_dir": str(run_dir), "training": {k: v for k, v in state.items() if k != "history"},
-           "train_device": gen.get("train_device") or fingerprint.get("device") or "not recorded",
+           "train_device": gen.get("train_device") or _requested(fingerprint.get("device")),
            "valid_history": state["history"], "generator": gen,
            "tokenizer": {k: tok_quality[k] for k in ("tokenizer", "sid_length", "collision_rate", "utilisation",
                                                      "entropy")},
@@ -51,8 +51,18 @@ def load_run(run_dir: Path, eval_path: Path, excluded_path: Path | None) -> dict
     return run
 
 
-def _device(run: dict) -> str:
-    return run.get("train_device") or ("cpu (2 cores)" if run.get("test", {}).get("device") == "cpu" else "not recorded")
+def _requested(device: str | None) -> str:
+    """A run from before runs recorded their device: what its configuration asked for."""
+    return f"{device} (as configured; not recorded by the run)" if device else "not recorded"
+
+
+def _device(run: dict, cpu_count: int | None = None) -> str:
+    """Runs of an earlier page recorded only the evaluation device, on that page's machine."""
+    if run.get("train_device"):
+        return run["train_device"]
+    if run.get("test", {}).get("device") == "cpu" and cpu_count:
+        return f"cpu ({cpu_count} cores)"
+    return "not recorded"
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -64,7 +74,7 @@ def _spread(values: list[float], fmt: str) -> str:
 def _headline(runs: list[dict], result: dict) -> dict:
     devices = sorted({_device(r) for r in runs})
     return {"device": "; ".join(devices), "minutes": round(max(r["training"]["train_seconds"] for r in runs) / 60, 1),
-            "seeds": sorted(r["generator"].get("seed") for r in runs),
+            "seeds": sorted(r["generator"]["seed"] for r in runs if r["generator"].get("seed") is not None),
             "recall@10": result["all"]["recall@10"], "ndcg@10": result["all"]["ndcg@10"],
             "tail_recall@10": result["tail"]["recall@10"],
             "std": {k: result["all"][f"{k}_std"] for k in ("recall@10", "ndcg@10")}}
@@ -94,14 +104,16 @@ def main() -> None:
         eval_path, _, excluded = evals.partition(",")
         groups.setdefault(label, []).append(load_run(Path(run_dir), Path(eval_path), Path(excluded) if excluded else None))
     new_labels = list(groups)
-    previous_commands = ""
+    previous_commands, wide = "", {}
     if args.previous:
         prev = json.loads(Path(args.previous).read_text())
-        previous_commands = prev.get("commands", "")
+        previous_commands = "\n\n".join(c for c in (prev.get("commands", ""), prev.get("previous_commands", "")) if c)
+        wide.update(prev.get("wide_beam", {}))
+        cpus = prev.get("machine", {}).get("cpu_count")
         for label, conf in prev["configurations"].items():
             if label in groups:
                 raise SystemExit(f"--previous {args.previous}: configuration {label!r} is also a new --run label")
-            groups[label] = conf["runs"]
+            groups[label] = [{**r, "train_device": _device(r, cpus)} for r in conf["runs"]]
     ks = [5, 10, 20]
     results = {label: mean_std([r["test"]["metrics"] for r in runs]) for label, runs in groups.items()}
     machine = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}
@@ -144,7 +156,6 @@ def main() -> None:
                   "The same checkpoints, decoded so that no item already in the user's history is recommended "
                   "(Beauty has no repeat purchases); the TIGER protocol above does not exclude them.",
                   metrics_table(excluded, "all", ks)]
-    wide = {}
     for spec in args.wide:
         label, _, path = spec.partition("=")
         wide[label] = json.loads(Path(path).read_text())

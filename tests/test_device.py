@@ -32,12 +32,16 @@ COMMANDS = [
 ]
 
 
-def recommender(n: int = 300, mode: str = "item", seed: int = 0) -> Recommender:
+def recommender(n: int = 300, mode: str = "item", seed: int = 0, item_ids: bool = False) -> Recommender:
+    """item_ids: a causal (all-position) model with a per-item input embedding."""
     codes = np.random.default_rng(seed).integers(0, 8, (n, 3))
     table = SIDTable.from_codes([f"i{j}" for j in range(n)], codes, [8] * 3)
     torch.manual_seed(seed)
     codec = SIDCodec(table, mode)
-    model = build_model(codec.vocab, GeneratorConfig(**{**TINY.__dict__, "input_mode": mode}))
+    extra = {"objective": "all_positions", "item_id_embedding": True} if item_ids else {}
+    model = build_model(codec.vocab, GeneratorConfig(**{**TINY.__dict__, "input_mode": mode, **extra}))
+    if item_ids:
+        codec.item_embedding = torch.cat([torch.randn(n, model.config.d_model), torch.zeros(1, model.config.d_model)])
     return Recommender(model, codec, max_history=4)
 
 
@@ -120,12 +124,15 @@ def test_beam_search_reads_nothing_back_to_the_host(mode, monkeypatch):
     assert ((items >= 0) & (items < 300)).all()
 
 
-def test_bfloat16_decoding_returns_real_items():
-    rec = recommender(mode="item")
+@pytest.mark.parametrize("item_ids", [False, True], ids=["sid-tokens", "causal+item-embedding"])
+def test_bfloat16_decoding_returns_real_items(item_ids):
+    rec = recommender(mode="item", item_ids=item_ids)
     hist = histories(16, 300)
     ref_items, _ = rec.rank(hist, k=10, beam_width=10)
     rec.to(dtype=torch.bfloat16)
     assert next(rec.model.parameters()).dtype == torch.bfloat16
+    # the encoder reads inputs in the model's dtype (a float32 item embedding must not promote them)
+    assert rec.codec.encoder_inputs(rec.model, hist)["inputs_embeds"].dtype == torch.bfloat16
     items, scores = rec.rank(hist, k=10, beam_width=10)
     assert ((items >= 0) & (items < 300)).all() and all(len(set(r)) == 10 for r in items.tolist())
     assert scores.dtype == np.float32 and np.isfinite(scores).all()

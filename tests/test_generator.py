@@ -352,3 +352,10 @@ def test_decode_targets_equals_the_t5_forward(train_mode):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     if train_mode:  # dropout is live: another draw gives other logits
         assert not torch.allclose(decode_targets(model, hidden, mask, row, pos, labels), ref)
+
+
+def test_fingerprints_leave_out_later_options_at_their_old_behaviour():
+    from mmq_rec.config import fingerprint_view
+    base = {"input_mode": "item", "d_model": 128}
+    assert fingerprint_view("generator", {**base, "item_id_embedding": False}) == base  # old runs stay valid
+    assert fingerprint_view("generator", {**base, "item_id_embedding": True}) == {**base, "item_id_embedding": True}
