@@ -1,13 +1,16 @@
 """Write benchmarks/beauty.md + beauty.json from finished `mmq train` runs and `mmq evaluate --json` outputs.
 
     python scripts/beauty_report.py --run "LABEL=RUN_DIR:EVAL.json[,EXCLUDED.json]" [--run ...] \
-        --commands FILE.sh [--headline LABEL] [--wide LABEL=EVAL.json] [--previous benchmarks/beauty.json]
+        --commands FILE.sh [--headline LABEL] [--wide LABEL=EVAL.json] [--previous benchmarks/beauty.json] \
+        [--page DIR]
 
 Runs that share a LABEL are seeds of one configuration: the report gives their mean ± std (sample
 standard deviation) and a row per run. EXCLUDED.json is the same run evaluated with
 `--exclude-history`; `--wide` is an evaluation with a beam of 200 and Recall@50/100/200;
 `--headline` names the configuration whose means go to the JSON's `headline`; `--previous` keeps
-the configurations of an earlier page exactly as they were measured (with their commands).
+the configurations of an earlier page exactly as they were measured (with their commands);
+`--page DIR` also writes the new configurations as an `mmq benchmark`-style page (report.json,
+.md, .html with figures), which `mmq report` composes with other pages (e.g. the rankers').
 Nothing is computed here beyond that: it collects what the runs measured (test metrics per
 popularity bucket, training steps, time and device, validation history, tokenizer quality) beside
 the exact commands."""
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmq_rec.benchmark import compose_report, environment, system_entry, write_report_files
 from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
 from mmq_rec.recdata.io import write_json, write_text
 
@@ -87,6 +91,34 @@ def _headline_text(label: str, runs: list[dict], result: dict) -> str:
             f"{len(runs)} seeds, each trained at most {h['minutes']} minutes on {h['device']}.")
 
 
+def write_page(page: Path, groups: dict[str, list[dict]], ks: list[int], commands: str) -> None:
+    """The new configurations as the `mmq benchmark` page shows systems: test metrics per bucket over
+    the seeds, validation curves (first seed), tokenizer quality, device and commands."""
+    systems, curves, tokenizers = {}, {}, {}
+    for label, runs in groups.items():
+        tok = runs[0]["tokenizer"]["tokenizer"]
+        systems[f"generator {label}"] = system_entry("generator", [
+            {"seed": r["generator"].get("seed"), "metrics": r["test"]["metrics"],
+             "users_per_second": r["test"].get("users_per_second"), "device": _device(r),
+             "train_minutes": r["training"]["train_seconds"] / 60} for r in runs], tokenizer=tok)
+        curves[f"generator {label}"] = {"unit": "step", "metric": "ndcg@10",
+                                        "points": [[h["step"], h["ndcg@10"]] for h in runs[0]["valid_history"]]}
+        quality = json.loads((Path(runs[0]["generator"]["tokenizer_dir"]) / "quality.json").read_text())
+        tokenizers.setdefault(tok, quality)
+    first = next(iter(groups.values()))[0]
+    report = compose_report(
+        f"Generators on {first['generator'].get('dataset', 'Beauty')}", systems, ks,
+        dataset=first["generator"].get("dataset", ""),
+        subtitle="Test split, leave-one-out, full catalogue, beam 20, history not excluded; checkpoints chosen "
+                 "on validation NDCG@10; mean ± std over seeds. Written by scripts/beauty_report.py (beauty.md "
+                 "has the history-excluded and wide-beam tables).",
+        environment_=environment(_device(first)), command=commands,
+        config=json.dumps({k: first["generator"][k] for k in first["generator"] if k not in ("valid",)}, indent=1),
+        tokenizers=tokenizers, curves=curves, curve_seed=first["generator"].get("seed"))
+    page.mkdir(parents=True, exist_ok=True)
+    write_report_files(report, page)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR:EVAL_JSON (repeat a LABEL per seed)")
@@ -95,6 +127,7 @@ def main() -> None:
     ap.add_argument("--headline", help="LABEL of the configuration whose means are the JSON's `headline`")
     ap.add_argument("--wide", action="append", default=[], help="LABEL=EVAL_JSON: a beam-200 evaluation (R@50/100/200)")
     ap.add_argument("--previous", help="an earlier beauty.json whose configurations are kept as measured")
+    ap.add_argument("--page", help="also write the new configurations as an `mmq benchmark`-style page into this directory")
     ap.add_argument("--out", default=str(HERE / "benchmarks"))
     args = ap.parse_args()
     groups: dict[str, list[dict]] = {}
@@ -187,6 +220,8 @@ def main() -> None:
     if wide:
         doc["wide_beam"] = wide
     write_json(out / "beauty.json", doc)
+    if args.page:
+        write_page(Path(args.page), {label: groups[label] for label in new_labels}, ks, commands)
     print(f"wrote {out / 'beauty.md'}")
 
 
