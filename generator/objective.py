@@ -170,7 +170,7 @@ class GeneratorLoss(nn.Module):
         super().__init__()
         self.t5 = t5
         self.register_buffer("item_tokens", item_tokens.clone(), persistent=False)
-        # zero-initialised: an item never seen in training keeps a zero row (its SID tokens alone)
+        # zero-initialised: an item in no training history keeps a zero row (its SID tokens alone)
         self.item_embedding = (nn.Parameter(torch.zeros(len(item_tokens), t5.config.d_model))
                                if item_embedding else None)
         self.input_mode = input_mode
