@@ -284,6 +284,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(value)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if tp is str and isinstance(value, (_IntText, _FloatText)):
+            return value.text
         return tp(value)
     except (TypeError, ValueError):
         raise DataError(f"expected {_type_name(tp)}, got {value!r}", field=key) from None
@@ -361,10 +363,21 @@ def _leaf_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
     return out
 
 
+class _IntText(int):
+    """A command-line number that remembers how it was typed (a text setting keeps "0123")."""
+
+    text: str
+
+
+class _FloatText(float):
+    text: str
+
+
 def _parse_scalar(text: str) -> Any:
     """A command-line value read as YAML ("5" -> 5, "[5, 10]" -> [5, 10], "null" -> None). '' stays
     '' (the setting's type decides: None when optional, [] for a list), and only true/false are
-    booleans (YAML 1.1 would also turn yes/no/on/off into them, e.g. a field named `no`)."""
+    booleans (YAML 1.1 would also turn yes/no/on/off into them, e.g. a field named `no`). A number
+    keeps its text, which a text setting takes as typed ("0123", "1.50")."""
     if text == "":
         return ""
     try:
@@ -373,6 +386,9 @@ def _parse_scalar(text: str) -> Any:
         return text
     if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
         return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (_IntText if isinstance(value, int) else _FloatText)(value)
+        value.text = text
     return value
 
 

@@ -42,6 +42,14 @@ def test_bad_config_is_named(tmp_path, text, match):
         load_config(tmp_path / "c.yaml")
 
 
+def test_text_settings_keep_numbers_as_typed():
+    cfg = load_config(overrides=["--output_dir", "0123", "--tokenize.external.path", "1.50", "--train.lr", "1e-3",
+                                 "--seed", "7"])
+    assert cfg.output_dir == "0123" and cfg.tokenize.external.path == "1.50"
+    assert cfg.train.lr == 1e-3 and cfg.seed == 7 and type(cfg.seed) is int
+    assert "0123" in to_yaml(cfg)
+
+
 def test_overrides_parse():
     assert parse_overrides(["--a.b", "3", "--c=x,y", "--d-e", "null"]) == {"a": {"b": 3}, "c": "x,y", "d_e": None}
     with pytest.raises(DataError, match="needs a value"):
