@@ -153,11 +153,19 @@ def _baseline(args: argparse.Namespace, cfg) -> dict[str, Any]:
 def _rank_train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "ranker")
-    result = pipe.rank_train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite)
+    result = pipe.rank_train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite,
+                             finetune=args.finetune)
     if not args.json:
         print(f"trained the {cfg.ranker.representation} ranker {result['epochs']} epochs in "
               f"{result['train_seconds']:.0f}s (stopped by {result['stopped']}); best validation {cfg.ranker.metric} "
               f"{result[f'best_valid_{cfg.ranker.metric}']:.4f} at epoch {result['best_epoch']} -> {result['best_model']}")
+        if result.get("stage2"):
+            s2 = result["stage2"]
+            util = [round(sum(s2[w]["utilisation"]) / len(s2[w]["utilisation"]), 3) for w in ("before", "after")]
+            print(f"stage 2: {s2['changed_sids']['items']:.1%} of items changed SID (per position "
+                  f"{', '.join(f'{v:.1%}' for v in s2['changed_sids']['per_position'])}); mean utilisation "
+                  f"{util[0]} -> {util[1]}, collision rate {s2['before']['collision_rate']:.4f} -> "
+                  f"{s2['after']['collision_rate']:.4f}; fine-tuned tokenizer -> {result['tokenizer_dir']}")
     return result
 
 
@@ -391,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/ranker); rerun to resume")
+    sp.add_argument("--finetune", action="store_true",
+                    help="MMQ stage 2: train the MMQ tokenizer with the ranker's loss (finetune.* settings; "
+                         "representation sid or id+sid); the fine-tuned tokenizer goes to OUTPUT/best/tokenizer")
     overwrite(sp)
     device(sp)
 

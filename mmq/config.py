@@ -32,6 +32,7 @@ from mmq_rec.generator.model import GeneratorConfig
 from mmq_rec.generator.recommend import DTYPES
 from mmq_rec.generator.train import TrainConfig
 from mmq_rec.ranker.model import RankerConfig
+from mmq_rec.ranker.stage2 import FinetuneConfig
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.loaders import FORMATS
 from mmq_rec.recdata.synthetic import SyntheticConfig
@@ -186,6 +187,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

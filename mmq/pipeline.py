@@ -37,6 +37,7 @@ from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.ranker.model import SequentialRanker, build_ranker, load_ranker
 from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
+from mmq_rec.ranker.stage2 import TOKENIZER_DIR, build_stage2, stage2_hooks
 from mmq_rec.ranker.train import check_single_process, train_ranker
 from mmq_rec.ranker.train import read_checkpoint as read_ranker_checkpoint
 from mmq_rec.recdata.errors import DataError
@@ -52,6 +53,7 @@ from mmq_rec.tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
+from mmq_rec.tokenizer.mmq import MMQTokenizer
 from mmq_rec.tokenizer.sid import SIDTable
 from mmq_rec.tokenizer.training import resolve_device
 
@@ -426,8 +428,8 @@ class Pipeline:
         raise DataError(f"unknown baseline {method!r}; choose from {BASELINES}", field="method")
 
     # ------------------------------------------------------------------ stage 3: ranker
-    def _checked_table(self, ds: RecDataset, tokenizer_dir: str | Path) -> SIDTable:
-        tok = self.load_tokenization(tokenizer_dir)
+    def _checked_table(self, ds: RecDataset, tokenizer_dir: str | Path, tok: Tokenization | None = None) -> SIDTable:
+        tok = self.load_tokenization(tokenizer_dir) if tok is None else tok
         if tok.table.item_ids != ds.item_ids():
             raise DataError("the SID table's items are not the dataset's items (tokenize this dataset first)",
                             path=tokenizer_dir)
@@ -436,23 +438,53 @@ class Pipeline:
         return tok.table
 
     def rank_train(self, ds: RecDataset, tokenizer_dir: str | Path, output: str | Path,
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, finetune: bool = False) -> dict[str, Any]:
         """Train the ranker (`cfg.ranker`) on the training split, every position a target, keeping
-        the epoch best on validation (all validation users) in OUTPUT/best. Rerunning resumes."""
+        the epoch best on validation (all validation users) in OUTPUT/best. Rerunning resumes.
+        `finetune`: MMQ stage 2 (`cfg.finetune`, see `mmq_rec.ranker.stage2`), the MMQ tokenizer
+        trained with the ranker's loss; OUTPUT/best is then a ranker on the re-derived SIDs and
+        OUTPUT/best/tokenizer the fine-tuned tokenizer."""
         cfg = self.cfg
         check_single_process()
-        table = self._checked_table(ds, tokenizer_dir)
+        tok = self.load_tokenization(tokenizer_dir)
+        table = self._checked_table(ds, tokenizer_dir, tok)
+        if finetune:
+            if not isinstance(tok.tokenizer, MMQTokenizer):
+                raise DataError(f"stage 2 fine-tunes an MMQ tokenizer, this one is {tok.tokenizer.kind!r} "
+                                "(tokenize with --tokenize.tokenizer mmq)", path=tokenizer_dir)
+            if cfg.ranker.sid_part != "sid":
+                raise DataError(f"stage 2 needs sid or id+sid, whose SID tokens have a soft form (got "
+                                f"{cfg.ranker.representation!r})", field="ranker.representation")
         c = to_dict(cfg)
         # more epochs or patience continue the same run (the learning rate does not depend on them)
         ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
         fingerprint = {"seed": cfg.seed, "ranker": ranker, "split": split_settings(cfg), "device": c.get("device"),
                        "metric_ks": c["eval"]["ks"], "dataset": dataset_digest(ds), "sid_table": _table_digest(table)}
+        counts = self.buckets(ds).popularity
+        titles = titles_of(ds)
+        hooks = None
+        if finetune:  # built and checked before the run directory is claimed
+            mods = self.modalities(ds, tok.quality.get("modalities") or None)
+            base = table.codes[:, :table.num_semantic]
+            if not np.array_equal(tok.tokenizer.encode(mods), base):
+                raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "
+                                "(were encode.* settings different when it was tokenized?)", path=tokenizer_dir)
+            try:
+                model = build_stage2(cfg.ranker, cfg.finetune, tok.tokenizer, mods, counts)
+            except ValueError as e:
+                raise DataError(str(e), path=tokenizer_dir) from None
+            hooks = stage2_hooks(model, ds.item_ids(), mods, base, tok.tokenizer, tok.quality, titles,
+                                 {k: tok.quality[k] for k in ("modalities", "split") if k in tok.quality})
+            # the tokenizer's weights and the modality matrices it reads are inputs too
+            weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
+            fingerprint.update(finetune=c["finetune"], tokenizer=_digest(json.dumps(weights, sort_keys=True).encode()),
+                               modalities={m: _digest(np.ascontiguousarray(v).tobytes()) for m, v in sorted(mods.items())})
+        else:
+            model = build_ranker(cfg.ranker, table, counts)
         self._open_run(output, "ranker-run", (ds.meta.get("path"), tokenizer_dir), fingerprint,
                        read_ranker_checkpoint, overwrite)
         split = self.split(ds)
-        counts = self.buckets(ds).popularity
         windows, targets, _ = all_position_windows(split.train_sequences, cfg.data.max_history)
-        model = build_ranker(cfg.ranker, table, counts)
         valid, ks = split.valid, cfg.eval.ks
 
         def validate(m: SequentialRanker) -> dict[str, float]:
@@ -462,11 +494,14 @@ class Pipeline:
 
         info = {"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
                 "split": split_settings(cfg), "train_items": int((counts > 0).sum())}
-        titles = titles_of(ds)
         t0 = time.perf_counter()
         state = train_ranker(model, windows, targets, table, validate, output, info, self.show_progress,
-                             cfg.device, self.log, titles)
-        return {"output": str(output), "best_model": str(Path(output) / "best"), "epochs": state["epoch"],
+                             cfg.device, self.log, titles, hooks)
+        extra = {}
+        if finetune:
+            best = read_json(Path(output) / "best" / "ranker.json")
+            extra = {"tokenizer_dir": str(Path(output) / "best" / TOKENIZER_DIR), "stage2": best.get("stage2")}
+        return {**extra, "output": str(output), "best_model": str(Path(output) / "best"), "epochs": state["epoch"],
                 "best_epoch": state["best_epoch"], f"best_valid_{cfg.ranker.metric}": state["best_metric"],
                 "stopped": state["stopped"], "train_seconds": round(state["train_seconds"], 1),
                 "wall_seconds": round(time.perf_counter() - t0, 1), "history": state["history"]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,11 @@ class ItemRepresentation(nn.Module):
             return seen
         return torch.sigmoid(self.gate[0] * torch.log1p(self.counts) + self.gate[1])[:, None] * seen
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, sid: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, d) item representations (`sid`: the SID part, when already computed)."""
         if self.sid_emb is None:
             return self.id_emb.weight
-        sid = self.sid_part()
+        sid = self.sid_part() if sid is None else sid
         if self.id_emb is None:
             return sid
         w = self.id_weight()
@@ -249,11 +251,12 @@ class SequentialRanker(nn.Module):
         return self.encode(histories, item_emb)[:, -1] @ item_emb.T
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, neg_items: torch.Tensor | None = None,
-             neg_logq: torch.Tensor | None = None) -> torch.Tensor:
+             neg_logq: torch.Tensor | None = None, item_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-item cross-entropy over every non-padding target of (B, W) windows: full
         softmax, or (given shared negatives and their log sampling probabilities) sampled
-        softmax with the log-Q correction and accidental hits masked."""
-        item_emb = self.items()
+        softmax with the log-Q correction and accidental hits masked. `item_emb`: the item
+        representations, when already computed."""
+        item_emb = self.items() if item_emb is None else item_emb
         h = self.encode(inputs, item_emb)
         keep = targets >= 0
         h, t = h[keep], targets[keep]
@@ -282,12 +285,16 @@ def build_ranker(cfg: RankerConfig, table: SIDTable, counts: np.ndarray, **kw: A
 
 
 def save_ranker(model: SequentialRanker, table: SIDTable, path: str | Path, info: dict[str, Any] | None = None,
-                overwrite: bool = False, titles: list[str] | None = None) -> Path:
+                overwrite: bool = False, titles: list[str] | None = None,
+                extra: Callable[[Path], None] | None = None) -> Path:
     """One directory: ranker.json (config + what it was trained on), model.safetensors (every
     tensor, buffers included), sid_table.json (the SIDs it was trained with) and, given titles,
-    items.json (item id -> title, for readable recommendations). Written atomically."""
+    items.json (item id -> title, for readable recommendations); `extra(dir)` adds more files.
+    Written atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(path, "ranker", overwrite=overwrite) as tmp:
+        if extra is not None:
+            extra(tmp)
         save_file(state, str(tmp / WEIGHTS_FILE))
         table.save(tmp / SID_TABLE_FILE)
         write_json(tmp / RANKER_FILE, {"config": asdict(model.cfg), "num_items": len(table), **(info or {})})

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +83,34 @@ def check_single_process() -> None:
                         "accelerate launch / torchrun")
 
 
+@dataclass
+class TrainingHooks:
+    """What a variant of the ranker's training (MMQ stage 2) changes in the loop, each optional:
+    the optimizer's parameter groups, a call at the start of every epoch, one at its end (before
+    validation; its dict joins the epoch's history row), and how the best epoch is saved."""
+
+    param_groups: Callable[[SequentialRanker], list[dict[str, Any]]] | None = None
+    on_epoch_start: Callable[[SequentialRanker, int], None] | None = None
+    on_epoch_end: Callable[[SequentialRanker, int], dict[str, Any]] | None = None
+    save_best: Callable[[SequentialRanker, Path, dict[str, Any]], None] | None = None
+
+
 def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarray, table: SIDTable,
                  validate: Callable[[SequentialRanker], dict[str, float]], output: str | Path,
                  info: dict[str, Any] | None = None, show_progress: bool = True,
                  device: str | torch.device | None = None,
-                 log: Callable[[str], None] = print, titles: list[str] | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, titles: list[str] | None = None,
+                 hooks: TrainingHooks | None = None) -> dict[str, Any]:
     """Train `model` on (N, W) windows with (N, W) next-item targets (-1: no target), keeping the
-    epoch best on `validate` in OUTPUT/best (a `save_ranker` directory). Returns the run state."""
+    epoch best on `validate` in OUTPUT/best (a `save_ranker` directory, or what `hooks.save_best`
+    writes). Returns the run state."""
     check_single_process()
     cfg = model.cfg
     output = Path(output)
+    hooks = hooks or TrainingHooks()
     acc = make_accelerator(device)
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = torch.optim.Adam(hooks.param_groups(model) if hooks.param_groups else model.parameters(), lr=cfg.lr,
+                             weight_decay=cfg.weight_decay)
     model, optim = acc.prepare(model, optim)
     dev = acc.device
     x = torch.as_tensor(inputs, device=dev)
@@ -122,6 +139,8 @@ def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarra
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
         model.train()
+        if hooks.on_epoch_start:
+            hooks.on_epoch_start(model, epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout and negatives of this epoch
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(dev)
         total = torch.zeros((), device=dev)
@@ -136,20 +155,23 @@ def train_ranker(model: SequentialRanker, inputs: np.ndarray, targets: np.ndarra
             acc.backward(loss)
             optim.step()
             total += loss.detach()
+        extra = hooks.on_epoch_end(model, epoch) if hooks.on_epoch_end else {}
         seconds = time.perf_counter() - t0
         metrics = validate(model)
         model.train()
         value = metrics[cfg.metric]
         row = {"epoch": epoch, "loss": round(float(total) / steps, 5), "seconds": round(seconds, 1),
-               **{f"valid_{k}": round(v, 5) for k, v in metrics.items()}}
+               **{f"valid_{k}": round(v, 5) for k, v in metrics.items()}, **extra}
         state["history"].append(row)
         state["train_seconds"] += seconds
         state["epoch"] = epoch
         if value > state["best_metric"]:
             state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
-            save_ranker(acc.unwrap_model(model), table, output / BEST,
-                        {**(info or {}), "epoch": epoch, f"valid_{cfg.metric}": value}, overwrite=True,
-                        titles=titles)
+            best_info = {**(info or {}), "epoch": epoch, f"valid_{cfg.metric}": value}
+            if hooks.save_best:
+                hooks.save_best(acc.unwrap_model(model), output / BEST, best_info)
+            else:
+                save_ranker(acc.unwrap_model(model), table, output / BEST, best_info, overwrite=True, titles=titles)
         else:
             state["bad_epochs"] += 1
         log(f"ranker epoch {epoch}: loss {row['loss']:.4f}, valid {cfg.metric} {value:.4f} (best "

@@ -69,8 +69,13 @@ def tokenize(tokenizer: ItemTokenizer, modalities: Modalities, item_ids: Sequenc
     if len(codes) != len(item_ids):
         raise DataError(f"{len(codes)} codes for {len(item_ids)} items", field="modalities")
     table = SIDTable.from_codes(item_ids, codes, tokenizer.codebook_sizes())
-    q = table.quality()
-    q.update({
+    return Tokenization(tokenizer, table, {**table_quality(tokenizer, table, modalities), "wall_time_s": round(wall, 2)})
+
+
+def table_quality(tokenizer: ItemTokenizer, table: SIDTable, modalities: Modalities) -> dict[str, Any]:
+    """The quality numbers of a tokenizer's SID table (all but the wall time)."""
+    return {
+        **table.quality(),
         "tokenizer": tokenizer.kind,
         "semantic_length": table.num_semantic,
         "sid_length": table.sid_length,
@@ -78,9 +83,7 @@ def tokenize(tokenizer: ItemTokenizer, modalities: Modalities, item_ids: Sequenc
         "unique_sids": int(len(np.unique(table.codes, axis=0))),
         "reconstruction_loss": reconstruction_loss(tokenizer, modalities),
         "modalities": {m: int(np.asarray(v).shape[1]) for m, v in modalities.items()},
-        "wall_time_s": round(wall, 2),
-    })
-    return Tokenization(tokenizer, table, q)
+    }
 
 
 def format_quality(q: dict[str, Any]) -> str:

@@ -120,9 +120,13 @@ class MMQModel(nn.Module):
             out += [e(x) for e in self.specific[m]]
         return out
 
-    def quantize(self, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def quantize(self, xs: list[torch.Tensor], latents: list[torch.Tensor] | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(straight-through quantized outputs per expert, (B, L) codes, VQ loss); `latents`: the
+        experts' outputs when already computed."""
         qs, codes, vq = [], [], xs[0].new_zeros(())
-        for q_mod, z in zip(self.quantizers, self.expert_latents(xs), strict=True):
+        latents = self.expert_latents(xs) if latents is None else latents
+        for q_mod, z in zip(self.quantizers, latents, strict=True):
             q, c, loss = q_mod(z)
             qs.append(q), codes.append(c)
             vq = vq + loss
@@ -144,8 +148,13 @@ class MMQModel(nn.Module):
             total = total + mixed
         return total, per_modality
 
-    def losses(self, xs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        qs, codes, vq = self.quantize(xs)
+    def soft_indices(self, latents: list[torch.Tensor], tau: float) -> torch.Tensor:
+        """Stage 2's soft indexing: (B, L, K) one-hots of the SID positions (every expert's levels,
+        in SID order) whose gradient is that of softmax(scores / tau); K = `codebook_size`."""
+        return torch.cat([q.soft_index(z, tau) for q, z in zip(self.quantizers, latents, strict=True)], dim=1)
+
+    def losses(self, xs: list[torch.Tensor], latents: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        qs, codes, vq = self.quantize(xs, latents)
         total, per_mod = self.mix(xs, qs)
         cat = torch.cat(xs, dim=-1)
         recon = F.mse_loss(self.decoder(total), cat)

@@ -47,8 +47,9 @@ class Codebook(nn.Module):
 
     def soft_index(self, z: torch.Tensor, tau: float) -> torch.Tensor:
         """(B, K) one-hot in the forward pass whose gradient is that of softmax(scores / tau)."""
-        soft = torch.softmax(self.scores(z) / tau, dim=-1)
-        hard = F.one_hot(soft.argmax(dim=-1), self.size).to(soft.dtype)
+        scores = self.scores(z)
+        soft = torch.softmax(scores / tau, dim=-1)
+        hard = F.one_hot(scores.argmax(dim=-1), self.size).to(soft.dtype)  # the codes `forward` gives
         return soft + (hard - soft).detach()
 
     @torch.no_grad()
@@ -95,3 +96,15 @@ class ResidualQuantizer(nn.Module):
             codes.append(c)
             loss = loss + level_loss
         return target + (quantized - target).detach(), torch.stack(codes, dim=1), loss
+
+    def soft_index(self, z: torch.Tensor, tau: float) -> torch.Tensor:
+        """(B, depth, K) soft one-hots, level by level: each level's on the residual its hard
+        codewords leave (the forward pass is the hard codes' exactly; gradients flow through the
+        softmax of every level into `z` and the codewords)."""
+        residual = self.levels[0].prepare(z)
+        out = []
+        for level in self.levels:
+            ind = level.soft_index(residual, tau)
+            out.append(ind)
+            residual = residual - ind @ level.codewords()
+        return torch.stack(out, dim=1)
