@@ -9,6 +9,7 @@ SID tokenizer (`AutoTokenizer`), `generator.json` and the `sid_table.json` it de
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,9 +163,12 @@ ITEM_EMBEDDING_FILE = "item_embedding.safetensors"
 
 
 def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
-                   extra: dict[str, Any] | None = None, titles: list[str] | None = None) -> Path:
-    """`titles` (one per SID-table item) are kept in items.json so recommendations can show them."""
-    with atomic_dir(path, "generator") as tmp:
+                   extra: dict[str, Any] | None = None, titles: list[str] | None = None,
+                   add_files: Callable[[Path], None] | None = None, overwrite: bool = False) -> Path:
+    """`titles` (one per SID-table item) are kept in items.json so recommendations can show them;
+    `add_files(dir)` writes more into the directory before it is published; `overwrite`: replace
+    an earlier output of ours at `path` even when it holds others (e.g. a fine-tuned tokenizer)."""
+    with atomic_dir(path, "generator", overwrite=overwrite) as tmp:
         if titles is not None:
             (tmp / ITEMS_FILE).write_text(json.dumps(dict(zip(codec.table.item_ids, titles, strict=True))) + "\n")
         model.save_pretrained(tmp, safe_serialization=True)
@@ -175,6 +179,8 @@ def save_generator(path: str | Path, model: T5ForConditionalGeneration, codec: S
         codec.vocab.hf_tokenizer().save_pretrained(tmp)
         (tmp / GENERATOR_FILE).write_text(json.dumps({**asdict(cfg), **(extra or {})}, indent=2) + "\n")
         codec.table.save(tmp / SID_TABLE_FILE)
+        if add_files is not None:
+            add_files(tmp)
     return Path(path)
 
 

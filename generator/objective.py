@@ -67,7 +67,8 @@ def _attend(att: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
 
 
 def decode_targets(model: T5ForConditionalGeneration, hidden: torch.Tensor, mask: torch.Tensor,
-                   row: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                   row: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor,
+                   label_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced decoder logits (E, L, V) of targets e = (window row[e], position pos[e]) with
     SID tokens `labels` (E, L): the decoder for target e reads the encoder states `hidden` (B, S, d)
     of its window at valid (`mask`, (B, S)) positions <= pos[e].
@@ -76,12 +77,18 @@ def decode_targets(model: T5ForConditionalGeneration, hidden: torch.Tensor, mask
     labels=labels).logits`, dropout included (tested equal), with the model's own modules; but the
     cross-attention keys and values are projected once per window and shared by the window's
     targets, instead of once per target (with ~6 targets per window that projection was most of
-    the decoder's cost)."""
+    the decoder's cost). `label_embeds` (E, L, d): the label tokens' input embeddings when they
+    are not the embedding table's rows (MMQ stage 2 reads them through soft indices)."""
     dec = model.decoder
     heads, d_kv = model.config.num_heads, model.config.d_kv
     e, length = labels.shape
     b, s = hidden.shape[:2]
-    x = dec.dropout(dec.embed_tokens(model._shift_right(labels)))
+    if label_embeds is None:
+        x = dec.embed_tokens(model._shift_right(labels))
+    else:  # shifted right as `_shift_right` does: the start token, then every label but the last
+        start = dec.embed_tokens(labels.new_full((e, 1), model.config.decoder_start_token_id))
+        x = torch.cat([start, label_embeds[:, :-1]], dim=1)
+    x = dec.dropout(x)
     neg = torch.finfo(x.dtype).min
     visible = (torch.arange(s, device=hidden.device)[None] <= pos[:, None]) & mask[row].bool()
     cross_bias = torch.zeros(e, 1, 1, s, dtype=x.dtype, device=x.device).masked_fill_(~visible[:, None, None], neg)

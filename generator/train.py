@@ -102,6 +102,21 @@ class TrainConfig:
             raise ValueError(f"metric: must be recall@K or ndcg@K (got {self.metric!r})")
 
 
+@dataclass
+class GeneratorHooks:
+    """What a variant of the generator's training (MMQ stage 2) changes in the loop, each optional:
+    the loss module built around the fresh T5 model (default `GeneratorLoss`), the optimizer's
+    parameter groups, a call at the start of every epoch (net, epoch from 1, whether a run resumes
+    mid-epoch), one before every validation (its dict joins the validation's history row), and how
+    the best model is saved (default `save_generator` with the caller's codec)."""
+
+    build_loss: Callable[[Any], torch.nn.Module] | None = None
+    param_groups: Callable[[torch.nn.Module], list[dict[str, Any]]] | None = None
+    on_epoch_start: Callable[[torch.nn.Module, int, bool], None] | None = None
+    before_validate: Callable[[torch.nn.Module], dict[str, Any]] | None = None
+    save_best: Callable[[Path, torch.nn.Module, dict[str, Any]], None] | None = None
+
+
 def _lr_lambda(cfg: TrainConfig, plan: dict[str, Any]) -> Callable[[int], float]:
     """Warmup then decay over the *planned* run (`plan` may be re-laid by a time budget)."""
     def f(step: int) -> float:
@@ -171,13 +186,14 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
                     validate: Callable[[Any], dict[str, float]] | None = None,
                     show_progress: bool = True, extra_info: dict[str, Any] | None = None,
                     titles: list[str] | None = None, train_users: torch.Tensor | None = None,
-                    device: str | None = None) -> dict[str, Any]:
+                    device: str | None = None, hooks: GeneratorHooks | None = None) -> dict[str, Any]:
     """Train (or resume) and return the trainer state: steps, best step and metric, history, and
     the plan (total steps, warmup, validation cadence; derived from the measured step time when
     `cfg.max_minutes` is set). Rows: per-prefix histories (E, H) and targets (E,), or for the
     all-position objective windows (N, W) and targets (N, W) (`objective.all_position_windows`).
     `train_users`: each row's user-token id, required when the codec has user tokens. `device`:
-    cpu, cuda or cuda:N (None: CUDA when available; under `accelerate launch`, each process's GPU)."""
+    cpu, cuda or cuda:N (None: CUDA when available; under `accelerate launch`, each process's GPU).
+    `hooks`: a variant of the loop (see `GeneratorHooks`)."""
     if codec.uses_users and train_users is None:
         raise ValueError("the generator has hashed user tokens: pass train_users")
     out = Path(output_dir)
@@ -191,10 +207,12 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     accelerator.wait_for_everyone()  # rank 0 has checked, claimed and fingerprinted the run directory
     set_seed(cfg.seed)
+    hooks = hooks or GeneratorHooks()
     model = build_model(codec.vocab, model_cfg)
-    net = GeneratorLoss(model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users,
-                        model_cfg.item_id_embedding)
-    optim = _adamw(net, cfg, accelerator.device)
+    net = hooks.build_loss(model) if hooks.build_loss else GeneratorLoss(
+        model, codec.item_tokens, model_cfg.input_mode, model_cfg.all_positions, codec.uses_users,
+        model_cfg.item_id_embedding)
+    optim = _adamw(hooks.param_groups(net) if hooks.param_groups else net.parameters(), cfg, accelerator.device)
     plan = initial_plan(cfg)
     # The scheduler is not given to accelerate.prepare, which would step it once per process:
     # it is stepped here once per optimizer step, whatever the number of processes.
@@ -233,6 +251,7 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         when training should stop."""
         metrics = None
         t_eval = time.perf_counter()
+        extra = hooks.before_validate(accelerator.unwrap_model(net)) if hooks.before_validate else {}
         if validate is not None:
             model.eval()
             if accelerator.num_processes > 1 and hasattr(validate, "shard"):
@@ -246,14 +265,17 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
         if metrics is not None:
             value = metrics[cfg.metric]
             improved = state["best_metric"] is None or value > state["best_metric"]
-            state["history"].append({"step": state["step"], "lr": sched.get_last_lr()[0], **metrics})
+            state["history"].append({"step": state["step"], "lr": sched.get_last_lr()[0], **metrics, **extra})
             accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=state["step"])
             if improved:
                 state.update(best_metric=value, best_step=state["step"], bad_evals=0)
                 if accelerator.is_main_process:
-                    save_generator(out / "best", model, codec, model_cfg,
-                                   {"step": state["step"], "valid": metrics, "train_device": train_device,
-                                    "processes": accelerator.num_processes, **(extra_info or {})}, titles)
+                    info = {"step": state["step"], "valid": metrics, "train_device": train_device,
+                            "processes": accelerator.num_processes, **(extra_info or {})}
+                    if hooks.save_best:
+                        hooks.save_best(out / "best", accelerator.unwrap_model(net), info)
+                    else:
+                        save_generator(out / "best", model, codec, model_cfg, info, titles)
             else:
                 state["bad_evals"] += 1
             _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "
@@ -291,6 +313,8 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
     running, n_running = torch.zeros((), device=accelerator.device), 0
     stop = False
     while not stop:
+        if hooks.on_epoch_start:
+            hooks.on_epoch_start(accelerator.unwrap_model(net), state["epoch"] + 1, state["batch_in_epoch"] > 0)
         order = shard.epoch_order(state["epoch"]).to(accelerator.device)
         for b in range(state["batch_in_epoch"], shard.batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -382,9 +406,11 @@ class _Shard:
         return perm.view(self.per_rank, self.world)[:, self.rank].contiguous()
 
 
-def _adamw(net: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel where this torch build has it for the device."""
+def _adamw(params: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over `params` (parameters or parameter groups), fused into one kernel where this
+    torch build has it for the device."""
+    params = list(params)
     try:
-        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -1,11 +1,12 @@
 """`mmq benchmark` and `mmq report`: the head vs long-tail report.
 
 `run_benchmark` runs the pipeline for every tokenizer in `benchmark.tokenizers` with the same
-generator and ranker settings, over `benchmark.seeds`, plus the item-ID ranker (SASRec) and
-popularity, and writes OUTPUT/report.md, report.json and report.html. Every stage lives in
-OUTPUT/stages/<stage>-<name>-<fingerprint>, the fingerprint a hash of the settings and inputs the
-stage depends on: a rerun reuses (or resumes) what did not change and redoes what did; an
-interrupted benchmark resumes.
+generator and ranker settings (`mmq_stage2`: MMQ's tokenizer fine-tuned by stage 2 with the
+generator, whose run is the generator row; the ranker trains on the SIDs it leaves), over
+`benchmark.seeds`, plus the item-ID ranker (SASRec) and popularity, and writes OUTPUT/report.md,
+report.json and report.html. Every stage lives in OUTPUT/stages/<stage>-<name>-<fingerprint>, the
+fingerprint a hash of the settings and inputs the stage depends on: a rerun reuses (or resumes)
+what did not change and redoes what did; an interrupted benchmark resumes.
 
 `compose_report` turns evaluation results into the report dictionary that `render_html`
 (eval/html.py) and `render_markdown` draw; `mmq report` composes one from earlier report.json
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mmq_rec.config import Config, fingerprint_view, to_dict, to_yaml, updated
+from mmq_rec.config import STAGE2, Config, fingerprint_view, to_dict, to_yaml, updated
 from mmq_rec.eval.html import render_html
 from mmq_rec.eval.report import BUCKET_TITLES, GENERATED_BY, mean_std, metrics_table
 from mmq_rec.pipeline import Pipeline, dataset_digest, split_settings
@@ -262,23 +263,27 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
     for seed in bc.seeds:
         first = seed == bc.seeds[0]
         for tok in bc.tokenizers:
-            scfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": tok}})
+            stage2 = tok == STAGE2  # MMQ's tokenizer, fine-tuned by the generator's run
+            base_tok = "mmq" if stage2 else tok
+            scfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": base_tok}})
             pipe = Pipeline(scfg, show_progress=show_progress, log=log)
             s = to_dict(scfg)
-            tok_fp = tok_fingerprint(s, seed, tok)
-            tok_dir = stages.path("tokenizer", tok, tok_fp)
+            tok_fp = tok_fingerprint(s, seed, base_tok)
+            tok_dir = stages.path("tokenizer", base_tok, tok_fp)
             if not (tok_dir / "quality.json").exists():
-                log(f"[benchmark] seed {seed}: tokenize with {tok} -> {tok_dir}")
+                log(f"[benchmark] seed {seed}: tokenize with {base_tok} -> {tok_dir}")
                 pipe.tokenize(ds, tok_dir, overwrite=True)
-            tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
-            label = {"mmq": "MMQ", "rqkmeans": "RQ-KMeans", "rqvae": "RQ-VAE"}.get(tok, tok)
+            if not stage2:
+                tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
+            label = {"mmq": "MMQ", "rqkmeans": "RQ-KMeans", "rqvae": "RQ-VAE", STAGE2: "MMQ + stage 2"}.get(tok, tok)
             gen_fp = {"tok": tok_fp, "generator": fingerprint_view("generator", s["generator"]), "train": s["train"],
-                      "decode": {k: s["decode"][k] for k in ("valid_users", "beam_width")}, "ks": s["eval"]["ks"]}
+                      "decode": {k: s["decode"][k] for k in ("valid_users", "beam_width")}, "ks": s["eval"]["ks"],
+                      **({"finetune": s["finetune"]} if stage2 else {})}
             run = None
             if bc.generator:
                 gen_dir = stages.path("generator", tok, gen_fp)
                 log(f"[benchmark] seed {seed}: generator on {tok} SIDs -> {gen_dir}")
-                run = pipe.train(ds, tok_dir, gen_dir)
+                run = pipe.train(ds, tok_dir, gen_dir, finetune=stage2)
                 gen_id = {"dir": str(gen_dir), "steps": run["steps"], "best_step": run["best_step"]}
                 res = stages.cached("eval", f"generator-{tok}", eval_fp(s, gen_id, "generator"),
                                     partial(pipe.evaluate, ds, run["best_model"]))
@@ -286,6 +291,9 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                 add(name, "generator", tok, _eval_entry(res, seed, run["train_seconds"]))
                 if first:
                     curves[name] = curve(run["history"], "step", cfg.train.metric, cfg.train.metric)
+            if stage2:  # the ranker reads the SIDs stage 2 left (the generator run's fine-tuned tokenizer)
+                tok_dir, tok_fp = Path(run["tokenizer_dir"]), {"stage2": gen_id}
+                tok_quality.setdefault(tok, read_json(tok_dir / "quality.json"))
             if bc.ranker and cfg.ranker.representation != "id":
                 rk_fp = {"tok": tok_fp, "ranker": _trimmed(s["ranker"], ("candidates", "fusion_weights")),
                          "ks": s["eval"]["ks"]}
@@ -308,7 +316,7 @@ def run_benchmark(cfg: Config, output: str | Path, *, show_progress: bool = True
                     add(f"generate({n}) → rank ({label} SIDs)", "generate→rank", tok,
                         _eval_entry(res, seed, run["train_seconds"] + rk["train_seconds"]))
         if bc.ranker:  # the item-ID ranker (SASRec) reads no SIDs: once per seed, on the first table
-            tok = bc.tokenizers[0]
+            tok = "mmq" if bc.tokenizers[0] == STAGE2 else bc.tokenizers[0]
             icfg = updated(cfg, {"seed": seed, "tokenize": {"tokenizer": tok}, "ranker": {"representation": "id"}})
             pipe = Pipeline(icfg, show_progress=show_progress, log=log)
             s = to_dict(icfg)

@@ -106,12 +106,30 @@ def _tokenize(args: argparse.Namespace, cfg) -> dict[str, Any]:
 def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "generator")
-    result = pipe.train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite)
+    result = pipe.train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite,
+                        finetune=getattr(args, "finetune", False))
     if not args.json:
         print(f"trained {result['steps']} steps in {result['train_seconds']:.0f}s; best validation "
               f"{cfg.train.metric} {result[f'best_valid_{cfg.train.metric}']} at step {result['best_step']} "
               f"-> {result['best_model']}")
+        _print_stage2(result)
     return result
+
+
+def _print_stage2(result: dict[str, Any]) -> None:
+    if not result.get("stage2"):
+        return
+    s2 = result["stage2"]
+    util = [round(sum(s2[w]["utilisation"]) / len(s2[w]["utilisation"]), 3) for w in ("before", "after")]
+    print(f"stage 2: {s2['changed_sids']['items']:.1%} of items changed SID (per position "
+          f"{', '.join(f'{v:.1%}' for v in s2['changed_sids']['per_position'])}); mean utilisation "
+          f"{util[0]} -> {util[1]}, collision rate {s2['before']['collision_rate']:.4f} -> "
+          f"{s2['after']['collision_rate']:.4f}; fine-tuned tokenizer -> {result['tokenizer_dir']}")
+
+
+def _finetune(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    args.finetune = True
+    return (_train if args.for_ == "generator" else _rank_train)(args, cfg)
 
 
 def _print_metrics(args: argparse.Namespace, cfg, name: str, result: dict[str, Any], title: str,
@@ -154,18 +172,12 @@ def _rank_train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "ranker")
     result = pipe.rank_train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite,
-                             finetune=args.finetune)
+                             finetune=getattr(args, "finetune", False))
     if not args.json:
         print(f"trained the {cfg.ranker.representation} ranker {result['epochs']} epochs in "
               f"{result['train_seconds']:.0f}s (stopped by {result['stopped']}); best validation {cfg.ranker.metric} "
               f"{result[f'best_valid_{cfg.ranker.metric}']:.4f} at epoch {result['best_epoch']} -> {result['best_model']}")
-        if result.get("stage2"):
-            s2 = result["stage2"]
-            util = [round(sum(s2[w]["utilisation"]) / len(s2[w]["utilisation"]), 3) for w in ("before", "after")]
-            print(f"stage 2: {s2['changed_sids']['items']:.1%} of items changed SID (per position "
-                  f"{', '.join(f'{v:.1%}' for v in s2['changed_sids']['per_position'])}); mean utilisation "
-                  f"{util[0]} -> {util[1]}, collision rate {s2['before']['collision_rate']:.4f} -> "
-                  f"{s2['after']['collision_rate']:.4f}; fine-tuned tokenizer -> {result['tokenizer_dir']}")
+        _print_stage2(result)
     return result
 
 
@@ -361,6 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator); rerun to resume")
+    sp.add_argument("--finetune", action="store_true",
+                    help="MMQ stage 2: train the MMQ tokenizer with the generator's loss (finetune.* settings; item "
+                         "input mode); the fine-tuned tokenizer goes to OUTPUT/best/tokenizer")
+    overwrite(sp)
+    device(sp)
+
+    sp = add("finetune", _finetune, "MMQ stage 2: train an MMQ tokenizer with a downstream model's loss (soft "
+                                    "indexing); the same as `mmq train --finetune` or `mmq rank train --finetune`.")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--tokenizer-dir", required=True, help="an MMQ tokenizer (output of `mmq tokenize`)")
+    sp.add_argument("--for", dest="for_", required=True, choices=("generator", "ranker"),
+                    help="the downstream model whose loss trains the tokenizer")
+    sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator or OUTPUT_DIR/ranker); the "
+                                     "fine-tuned model is OUTPUT/best, the fine-tuned tokenizer OUTPUT/best/tokenizer")
     overwrite(sp)
     device(sp)
 

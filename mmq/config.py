@@ -32,7 +32,6 @@ from mmq_rec.generator.model import GeneratorConfig
 from mmq_rec.generator.recommend import DTYPES
 from mmq_rec.generator.train import TrainConfig
 from mmq_rec.ranker.model import RankerConfig
-from mmq_rec.ranker.stage2 import FinetuneConfig
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.loaders import FORMATS
 from mmq_rec.recdata.synthetic import SyntheticConfig
@@ -44,6 +43,7 @@ from mmq_rec.tokenizer.encoders import (
     ImageEncoderConfig,
     TextEncoderConfig,
 )
+from mmq_rec.tokenizer.finetune import FinetuneConfig
 from mmq_rec.tokenizer.mmq import MMQConfig
 from mmq_rec.tokenizer.training import resolve_device
 
@@ -142,11 +142,17 @@ class EvalConfig:
             raise ValueError(f"cold_start_fraction: must be in [0, 1) (got {self.cold_start_fraction!r})")
 
 
+STAGE2 = "mmq_stage2"
+"""The benchmark's name for the MMQ tokenization after stage 2 (fine-tuned with the generator)."""
+
+
 @dataclass
 class BenchmarkConfig:
     tokenizers: list[str] = field(default_factory=lambda: ["mmq", "rqkmeans", "rqvae", "random"])
     """Item tokenizations compared by `mmq benchmark` (each with the same generator and ranker settings);
-    `external` uses tokenize.external.path (e.g. LETTER's SIDs)."""
+    `external` uses tokenize.external.path (e.g. LETTER's SIDs); `mmq_stage2`: the MMQ tokenizer
+    (tokenize.mmq) fine-tuned by MMQ stage 2 with the generator's loss (finetune.*; the generator
+    row is that run, the ranker trains on the SIDs it leaves)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of every trained system (mean ± std over them)."""
     generator: bool = True
@@ -160,9 +166,9 @@ class BenchmarkConfig:
     source_format: str = "jsonl"
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.tokenizers if t not in TOKENIZERS]
+        unknown = [t for t in self.tokenizers if t not in (*TOKENIZERS, STAGE2)]
         if not self.tokenizers or unknown or len(set(self.tokenizers)) != len(self.tokenizers):
-            raise ValueError(f"tokenizers: must list distinct tokenizers from {', '.join(TOKENIZERS)} "
+            raise ValueError(f"tokenizers: must list distinct tokenizers from {', '.join((*TOKENIZERS, STAGE2))} "
                              f"(got {self.tokenizers!r})")
         if self.source_format not in FORMATS:
             raise ValueError(f"source_format: must be one of {', '.join(FORMATS)} (got {self.source_format!r})")
@@ -210,6 +216,10 @@ class Config:
                              f"(got {self.ranker.candidates!r})")
         if "external" in self.benchmark.tokenizers and not self.tokenize.external.path:
             raise ValueError("tokenize.external.path: benchmark.tokenizers lists external, which needs a SID table")
+        if STAGE2 in self.benchmark.tokenizers and not (self.benchmark.generator and self.generator.input_mode == "item"
+                                                        and self.generator.all_positions):
+            raise ValueError(f"benchmark.tokenizers: {STAGE2} fine-tunes MMQ with the generator, which needs "
+                             "benchmark.generator true and generator.input_mode item with the all-position objective")
         # top-max(ks) needs that many beams (the search would silently widen a narrower beam)
         if self.decode.beam_width < max(ks):
             raise ValueError(f"decode.beam_width: must be >= max(eval.ks) = {max(ks)} "

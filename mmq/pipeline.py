@@ -34,6 +34,7 @@ from mmq_rec.eval.split import Split, SplitPart, cold_start_split, leave_one_out
 from mmq_rec.generator.model import SIDCodec
 from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
+from mmq_rec.generator.stage2 import stage2_generator_hooks, stage2_table
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
 from mmq_rec.ranker.model import SequentialRanker, build_ranker, load_ranker
 from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
@@ -319,19 +320,47 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stage 2: generator
     def train(self, ds: RecDataset, tokenizer_dir: str | Path, output: str | Path,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, finetune: bool = False) -> dict[str, Any]:
         """Train the generator on the training split, selecting on validation (a fixed sample of
-        users). Rerunning with the same output directory resumes."""
+        users). Rerunning with the same output directory resumes. `finetune`: MMQ stage 2
+        (`cfg.finetune`, see `mmq_rec.generator.stage2`), the MMQ tokenizer trained with the
+        generator's loss; OUTPUT/best is then a generator on the re-derived SIDs and
+        OUTPUT/best/tokenizer the fine-tuned tokenizer."""
         cfg = self.cfg
-        table = self._checked_table(ds, tokenizer_dir)
+        tok = self.load_tokenization(tokenizer_dir)
+        table = self._checked_table(ds, tokenizer_dir, tok)
+        titles = titles_of(ds)
+        fingerprint_extra, hooks, current_table = {}, None, None
+        if finetune:  # built and checked before the run directory is claimed
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise DataError("stage 2 for the generator trains in one process: run it without accelerate "
+                                "launch / torchrun")
+            if not cfg.generator.input_mode == "item" or not cfg.generator.all_positions:
+                raise DataError("stage 2 for the generator needs the item input mode with the all-position "
+                                "objective", field="generator.input_mode")
+            mods, base, fingerprint_extra = self._stage2_inputs(ds, tokenizer_dir, tok, table)
+            k = tok.tokenizer.model.cfg.codebook_size
+            group = table.codebook_sizes[-1] if table.sid_length > table.num_semantic else 1
+            table = stage2_table(ds.item_ids(), base, k, max(group, k))
+            codec = SIDCodec(table, cfg.generator.input_mode)
+            hooks, current_table = stage2_generator_hooks(
+                cfg.generator, cfg.finetune, codec, tok.tokenizer, mods, tok.quality, titles,
+                {k: tok.quality[k] for k in ("modalities", "split") if k in tok.quality}, cfg.seed)
+        else:
+            codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
         if is_main_process():  # the other ranks wait for this at the start of training
             self._open_run(output, "generator-run", (ds.meta.get("path"), tokenizer_dir),
-                           self._run_fingerprint(ds, table), read_checkpoint_state, overwrite)
+                           {**self._run_fingerprint(ds, table), **fingerprint_extra}, read_checkpoint_state, overwrite)
         split = self.split(ds)
-        codec = SIDCodec(table, cfg.generator.input_mode, cfg.generator.user_buckets)
         user_ids = ds.user_ids()
-        validate = make_validator(codec, sample_part(split.valid, cfg.decode.valid_users, cfg.seed), cfg,
-                                  ds.num_items, user_ids)
+        valid = sample_part(split.valid, cfg.decode.valid_users, cfg.seed)
+        if finetune:
+            def validate(model) -> dict[str, float]:  # decodes with the SIDs of the latest refresh
+                current = SIDCodec(current_table(), cfg.generator.input_mode)
+                current.item_embedding = codec.item_embedding
+                return make_validator(current, valid, cfg, ds.num_items, user_ids)(model)
+        else:
+            validate = make_validator(codec, valid, cfg, ds.num_items, user_ids)
         hist, tgt, rows_user = training_rows(split, cfg)
         train_users = codec.user_tokens([user_ids[u] for u in rows_user]) if codec.uses_users else None
         t0 = time.perf_counter()
@@ -339,12 +368,32 @@ class Pipeline:
                                 cfg.generator, cfg.train, output, validate, self.show_progress,
                                 extra_info={"dataset": ds.name, "tokenizer_dir": str(tokenizer_dir), "seed": cfg.seed,
                                             "valid_users": cfg.decode.valid_users, "split": split_settings(cfg)},
-                                titles=titles_of(ds),
-                                train_users=train_users, device=cfg.device)
-        return {"output": str(output), "best_model": str(Path(output) / "best"), "steps": state["step"],
+                                titles=titles, train_users=train_users, device=cfg.device, hooks=hooks)
+        extra = {}
+        if finetune:
+            best = read_json(Path(output) / "best" / "generator.json")
+            extra = {"tokenizer_dir": str(Path(output) / "best" / TOKENIZER_DIR), "stage2": best.get("stage2")}
+        return {**extra, "output": str(output), "best_model": str(Path(output) / "best"), "steps": state["step"],
                 "best_step": state["best_step"], f"best_valid_{cfg.train.metric}": state["best_metric"],
                 "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
                 "plan": state.get("plan"), "history": state["history"]}
+
+    def _stage2_inputs(self, ds: RecDataset, tokenizer_dir: str | Path, tok: Tokenization, table: SIDTable
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+        """(the modalities an MMQ tokenizer reads, its stage-1 semantic codes, the fingerprint
+        entries of a stage-2 run: its settings, the tokenizer's weights and the modalities)."""
+        if not isinstance(tok.tokenizer, MMQTokenizer):
+            raise DataError(f"stage 2 fine-tunes an MMQ tokenizer, this one is {tok.tokenizer.kind!r} "
+                            "(tokenize with --tokenize.tokenizer mmq)", path=tokenizer_dir)
+        mods = self.modalities(ds, tok.quality.get("modalities") or None)
+        base = table.codes[:, :table.num_semantic]
+        if not np.array_equal(tok.tokenizer.encode(mods), base):
+            raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "
+                            "(were encode.* settings different when it was tokenized?)", path=tokenizer_dir)
+        weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
+        return mods, base, {"finetune": to_dict(self.cfg)["finetune"],
+                            "tokenizer": _digest(json.dumps(weights, sort_keys=True).encode()),
+                            "modalities": {m: _digest(np.ascontiguousarray(v).tobytes()) for m, v in sorted(mods.items())}}
 
     def _run_fingerprint(self, ds: RecDataset, table) -> dict[str, Any]:
         """What a training run's results depend on: a rerun with any of it changed is another run."""
@@ -448,13 +497,9 @@ class Pipeline:
         check_single_process()
         tok = self.load_tokenization(tokenizer_dir)
         table = self._checked_table(ds, tokenizer_dir, tok)
-        if finetune:
-            if not isinstance(tok.tokenizer, MMQTokenizer):
-                raise DataError(f"stage 2 fine-tunes an MMQ tokenizer, this one is {tok.tokenizer.kind!r} "
-                                "(tokenize with --tokenize.tokenizer mmq)", path=tokenizer_dir)
-            if cfg.ranker.sid_part != "sid":
-                raise DataError(f"stage 2 needs sid or id+sid, whose SID tokens have a soft form (got "
-                                f"{cfg.ranker.representation!r})", field="ranker.representation")
+        if finetune and cfg.ranker.sid_part != "sid":
+            raise DataError(f"stage 2 needs sid or id+sid, whose SID tokens have a soft form (got "
+                            f"{cfg.ranker.representation!r})", field="ranker.representation")
         c = to_dict(cfg)
         # more epochs or patience continue the same run (the learning rate does not depend on them)
         ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
@@ -464,21 +509,14 @@ class Pipeline:
         titles = titles_of(ds)
         hooks = None
         if finetune:  # built and checked before the run directory is claimed
-            mods = self.modalities(ds, tok.quality.get("modalities") or None)
-            base = table.codes[:, :table.num_semantic]
-            if not np.array_equal(tok.tokenizer.encode(mods), base):
-                raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "
-                                "(were encode.* settings different when it was tokenized?)", path=tokenizer_dir)
+            mods, base, extra = self._stage2_inputs(ds, tokenizer_dir, tok, table)
             try:
                 model = build_stage2(cfg.ranker, cfg.finetune, tok.tokenizer, mods, counts)
             except ValueError as e:
                 raise DataError(str(e), path=tokenizer_dir) from None
             hooks = stage2_hooks(model, ds.item_ids(), mods, base, tok.tokenizer, tok.quality, titles,
                                  {k: tok.quality[k] for k in ("modalities", "split") if k in tok.quality})
-            # the tokenizer's weights and the modality matrices it reads are inputs too
-            weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
-            fingerprint.update(finetune=c["finetune"], tokenizer=_digest(json.dumps(weights, sort_keys=True).encode()),
-                               modalities={m: _digest(np.ascontiguousarray(v).tobytes()) for m, v in sorted(mods.items())})
+            fingerprint.update(extra)
         else:
             model = build_ranker(cfg.ranker, table, counts)
         self._open_run(output, "ranker-run", (ds.meta.get("path"), tokenizer_dir), fingerprint,

@@ -23,7 +23,6 @@ the fine-tuned model's), and the fine-tuned tokenizer as its own directory."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,50 +33,23 @@ from torch import nn
 from mmq_rec.ranker.model import ItemRepresentation, RankerConfig, SequentialRanker, build_ranker, save_ranker
 from mmq_rec.ranker.train import TrainingHooks
 from mmq_rec.tokenizer.api import Tokenization, table_quality
-from mmq_rec.tokenizer.mmq import MMQTokenizer, restart_dead
+from mmq_rec.tokenizer.finetune import (  # noqa: F401  (FinetuneConfig, tokenizer_phase: part of this module's API)
+    TOKENIZER_DIR,
+    FinetuneConfig,
+    changed_share,
+    check_mmq,
+    restart_all,
+    tokenizer_phase,
+)
+from mmq_rec.tokenizer.finetune import carry_rows as carry_sid_rows
+from mmq_rec.tokenizer.mmq import MMQTokenizer
 from mmq_rec.tokenizer.sid import SIDTable, quality
-
-SCHEDULES = ("joint", "alternating")
-TOKENIZER_DIR = "tokenizer"
-
-
-@dataclass
-class FinetuneConfig:
-    tau: float = 0.1
-    """Temperature of the soft index softmax over cosine scores (MMQ does not report it: tune it on validation)."""
-    alpha: float = 0.5
-    """alpha': weight of MMQ's multimodal reconstruction loss beside the ranker's loss (paper: 0.5)."""
-    beta: float = 0.5
-    """beta': weight of MMQ's per-modality auxiliary reconstruction loss (paper: 0.5)."""
-    schedule: str = "alternating"
-    """joint (ranker and tokenizer every epoch) or alternating (ranker epochs, then tokenizer epochs, ...)."""
-    alternate_every: int = 1
-    """alternating: epochs per phase; the first phase trains the ranker (the tokenizer frozen)."""
-    tokenizer_lr: float = 1e-4
-    """Learning rate of the tokenizer's parameters (the ranker's is ranker.lr)."""
-    restart_dead: bool = True
-    """After an epoch that trained the tokenizer, restart codewords no item uses."""
-
-    def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau: must be > 0 (got {self.tau!r})")
-        for name in ("alpha", "beta"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: must be >= 0 (got {getattr(self, name)!r})")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
-        if not self.alternate_every >= 1:
-            raise ValueError(f"alternate_every: must be >= 1 (got {self.alternate_every!r})")
-        if not self.tokenizer_lr > 0:
-            raise ValueError(f"tokenizer_lr: must be > 0 (got {self.tokenizer_lr!r})")
 
 
 def check_finetunable(cfg: RankerConfig, tokenizer: Any) -> None:
     """Stage 2 needs an MMQ tokenizer with equal codebooks and a ranker that reads SID tokens one
     table per position (`sid` or `id+sid`): a prefix row has no soft form."""
-    if not isinstance(tokenizer, MMQTokenizer) or tokenizer.model is None:
-        kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
-        raise ValueError(f"stage 2 fine-tunes an MMQ tokenizer (this one is {kind!r}): tokenize with --tokenizer mmq")
+    check_mmq(tokenizer)
     if cfg.sid_part != "sid":
         raise ValueError(f"representation: stage 2 needs sid or id+sid, whose SID tokens have a soft form "
                          f"(got {cfg.representation!r})")
@@ -177,18 +149,6 @@ def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: MMQTokenizer,
     return Stage2Ranker(cfg, items, ft)
 
 
-def tokenizer_phase(ft: FinetuneConfig, epoch: int) -> bool:
-    """Whether epoch `epoch` (from 1) trains the tokenizer."""
-    return ft.schedule == "joint" or ((epoch - 1) // ft.alternate_every) % 2 == 1
-
-
-def changed_share(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
-    """Share of items whose SID changed, overall and per position."""
-    diff = np.asarray(before) != np.asarray(after)
-    return {"items": round(float(diff.any(axis=1).mean()), 6),
-            "per_position": [round(float(v), 6) for v in diff.mean(axis=0)]}
-
-
 def stage2_hooks(model: Stage2Ranker, item_ids: list[str], modalities: dict[str, np.ndarray], base_codes: np.ndarray,
                  tokenizer: MMQTokenizer, base_quality: dict[str, Any], titles: list[str] | None = None,
                  quality_extra: dict[str, Any] | None = None) -> TrainingHooks:
@@ -220,8 +180,7 @@ def stage2_hooks(model: Stage2Ranker, item_ids: list[str], modalities: dict[str,
             gen = torch.Generator().manual_seed(m.cfg.seed * 7919 + epoch)
             before = items.hard_codes()
             with torch.no_grad():
-                for q, z in zip(items.tokenizer.quantizers, items.latents(), strict=True):
-                    restarted += restart_dead(q, z, gen)
+                restarted = restart_all(items.tokenizer, items.latents(), gen)
             if restarted:
                 carry_rows(items, before, items.hard_codes())
         codes = items.hard_codes().cpu().numpy()
@@ -251,23 +210,10 @@ def stage2_hooks(model: Stage2Ranker, item_ids: list[str], modalities: dict[str,
     return TrainingHooks(param_groups, on_epoch_start, on_epoch_end, save_best)
 
 
-@torch.no_grad()
 def carry_rows(items: SoftSIDItems, before: torch.Tensor, after: torch.Tensor) -> None:
-    """After a dead-code restart: the row of each restarted code (one no item used `before`, some
-    use `after`) becomes the mean of the rows its new items had, position by position."""
-    k, table = items.codebook_size, items.sid_emb.weight
-    for pos in range(after.shape[1]):
-        was_used = torch.zeros(k, dtype=torch.bool, device=after.device)
-        was_used[before[:, pos]] = True
-        moved = ~was_used[after[:, pos]]
-        if not moved.any():
-            continue
-        new_rows = pos * k + after[moved, pos]
-        total = torch.zeros_like(table).index_add_(0, new_rows, table[pos * k + before[moved, pos]])
-        count = torch.zeros(len(table), dtype=table.dtype, device=table.device)
-        count.index_add_(0, new_rows, torch.ones(len(new_rows), dtype=table.dtype, device=table.device))
-        hit = count > 0
-        table[hit] = total[hit] / count[hit, None]
+    """After a dead-code restart: the SID-embedding row of each restarted code becomes the mean of
+    the rows its new items had (`tokenizer.finetune.carry_rows`)."""
+    carry_sid_rows(items.sid_emb.weight, before, after, items.codebook_size)
 
 
 @torch.no_grad()
