@@ -34,6 +34,7 @@ from transformers import T5ForConditionalGeneration
 from mmq_rec.generator.model import GeneratorConfig, SIDCodec, save_generator
 from mmq_rec.generator.objective import GeneratorLoss, causal_mask, decode_targets
 from mmq_rec.generator.train import GeneratorHooks
+from mmq_rec.recdata.errors import DataError
 from mmq_rec.tokenizer.api import Tokenization, table_quality
 from mmq_rec.tokenizer.finetune import (
     TOKENIZER_DIR,
@@ -60,8 +61,9 @@ def stage2_table(item_ids: list[str], codes: np.ndarray, k: int, disambiguation:
     change as collisions do). A collision group larger than that is an error."""
     full, group = disambiguate(codes)
     if group > disambiguation:
-        raise ValueError(f"{group} items share one SID after fine-tuning, more than the {disambiguation} "
-                         "disambiguation tokens: lower finetune.tokenizer_lr or raise finetune.tau")
+        raise DataError(f"{group} items share one SID after fine-tuning, more than the {disambiguation} "
+                        "disambiguation tokens: rerun with a lower finetune.tokenizer_lr (and --overwrite or "
+                        "another --output)", field="finetune.tokenizer_lr")
     if full.shape[1] == codes.shape[1]:  # no collision: a constant token
         full = np.concatenate([full, np.zeros((len(full), 1), dtype=np.int64)], axis=1)
     return SIDTable([str(i) for i in item_ids], full, [k] * codes.shape[1] + [disambiguation], codes.shape[1])
@@ -114,10 +116,12 @@ class SoftSIDGeneratorLoss(GeneratorLoss):
         has_target = targets >= 0
         items = torch.unique(torch.cat([histories[seen], targets[has_target]]))
         feats = self.features(items)
-        latents = self.tokenizer.expert_latents(feats)
-        ind = self.tokenizer.soft_indices(latents, self.ft.tau)  # (U, L_s, K)
         emb = self.t5.get_input_embeddings().weight
-        semantic = torch.einsum("ulk,lkd->uld", ind, emb[self.token_ids])  # (U, L_s, d)
+        # the tokenizer in float32 even under bf16 autocast (GPU), so its codes are those `refresh` derives
+        with torch.autocast(histories.device.type, enabled=False):
+            latents = self.tokenizer.expert_latents(feats)
+            ind = self.tokenizer.soft_indices(latents, self.ft.tau)  # (U, L_s, K)
+            semantic = torch.einsum("ulk,lkd->uld", ind, emb[self.token_ids].float())  # (U, L_s, d)
         rest = self.item_tokens[items, self.num_semantic:]  # the disambiguation token(s), hard
         tokens = torch.cat([semantic, emb[rest]], dim=1)  # (U, L, d): each item's token embeddings
         where = torch.full((len(self.item_tokens),), -1, dtype=torch.long, device=items.device)
@@ -144,7 +148,8 @@ class SoftSIDGeneratorLoss(GeneratorLoss):
         tail = -logp[:, self.num_semantic:].gather(2, labels[:, self.num_semantic:, None]).squeeze(2)
         loss = torch.cat([sem, tail], dim=1).mean(dim=1).mean()
         if self.ft.alpha or self.ft.beta:
-            parts = self.tokenizer.losses(feats, latents)
+            with torch.autocast(histories.device.type, enabled=False):
+                parts = self.tokenizer.losses(feats, latents)
             loss = loss + self.ft.alpha * parts["recon"] + self.ft.beta * parts["aux"]
         return loss
 
@@ -172,15 +177,16 @@ def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDC
     base_codes = codec.table.codes[:, : codec.table.num_semantic]
     k = tokenizer.model.cfg.codebook_size
     base_semantic = quality(base_codes, [k] * base_codes.shape[1])
-    current: dict[str, Any] = {"table": None}
-    tok_ids: set[int] = set()
+    current: dict[str, Any] = {"table": None, "phase": None, "restarted": 0}
 
     def build_loss(t5: T5ForConditionalGeneration) -> SoftSIDGeneratorLoss:
-        net = build_stage2_loss(t5, codec, cfg, tokenizer, modalities, ft)
-        tok_ids.update(id(p) for p in net.tokenizer.parameters())
-        return net
+        return build_stage2_loss(t5, codec, cfg, tokenizer, modalities, ft)
 
-    def param_groups(net: nn.Module) -> list[dict[str, Any]]:
+    def tokenizer_ids(net: SoftSIDGeneratorLoss) -> set[int]:
+        return {id(p) for p in net.tokenizer.parameters()}
+
+    def param_groups(net: SoftSIDGeneratorLoss) -> list[dict[str, Any]]:
+        tok_ids = tokenizer_ids(net)
         return [{"params": [p for p in net.parameters() if id(p) not in tok_ids]},
                 {"params": list(net.tokenizer.parameters()), "lr": ft.tokenizer_lr, "weight_decay": 0.0}]
 
@@ -190,7 +196,9 @@ def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDC
             gen = torch.Generator().manual_seed(seed * 7919 + epoch)
             before = net.hard_codes()
             with torch.no_grad():
-                if restart_all(net.tokenizer, net.tokenizer.expert_latents(net.features()), gen):
+                restarted = restart_all(net.tokenizer, net.tokenizer.expert_latents(net.features()), gen)
+                current["restarted"] += restarted
+                if restarted:
                     # the token rows of restarted codes start from the rows their new items had
                     k_ = net.codebook_size
                     emb = net.t5.get_input_embeddings().weight
@@ -199,16 +207,21 @@ def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDC
                     carry_rows(block, before, net.hard_codes(), k_)
                     emb[rows] = block
         train_tok = tokenizer_phase(ft, epoch)
+        tok_ids = tokenizer_ids(net)
         for p in net.parameters():
             p.requires_grad_(train_tok if id(p) in tok_ids else (ft.schedule == "joint" or not train_tok))
+            if not p.requires_grad:
+                p.grad = None  # a gradient accumulated before the phase changed must not step a frozen side
         net.tokenizer_frozen = not train_tok
+        current["phase"] = "joint" if ft.schedule == "joint" else ("tokenizer" if train_tok else "generator")
         current["table"] = net.refresh()
 
     def before_validate(net: SoftSIDGeneratorLoss) -> dict[str, Any]:
         table = current["table"] = net.refresh()
         codes = table.codes[:, : table.num_semantic]
         q = quality(codes, [k] * codes.shape[1])
-        return {"utilisation": round(float(np.mean(q["utilisation"])), 4), "collision_rate": q["collision_rate"],
+        return {"phase": current["phase"], "restarted_codes": current["restarted"],
+                "utilisation": round(float(np.mean(q["utilisation"])), 4), "collision_rate": q["collision_rate"],
                 "changed_sids": changed_share(base_codes, codes)["items"]}
 
     def save_best(path: Path, net: SoftSIDGeneratorLoss, info: dict[str, Any]) -> None:

@@ -337,7 +337,8 @@ class Pipeline:
                                 "launch / torchrun")
             if not cfg.generator.input_mode == "item" or not cfg.generator.all_positions:
                 raise DataError("stage 2 for the generator needs the item input mode with the all-position "
-                                "objective", field="generator.input_mode")
+                                "objective", field="generator.input_mode" if cfg.generator.input_mode != "item"
+                                else "generator.objective")
             mods, base, fingerprint_extra = self._stage2_inputs(ds, tokenizer_dir, tok, table)
             k = tok.tokenizer.model.cfg.codebook_size
             group = table.codebook_sizes[-1] if table.sid_length > table.num_semantic else 1

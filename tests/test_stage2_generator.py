@@ -14,6 +14,7 @@ from mmq_rec.generator.objective import GeneratorLoss
 from mmq_rec.generator.recommend import Recommender
 from mmq_rec.generator.stage2 import build_stage2_loss, stage2_generator_hooks, stage2_table
 from mmq_rec.generator.train import TrainConfig, train_generator
+from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
 from mmq_rec.tokenizer.api import Tokenization, table_quality
 from mmq_rec.tokenizer.finetune import FinetuneConfig
@@ -46,9 +47,10 @@ def test_stage2_table_keeps_a_fixed_disambiguation_position(fitted):
     tok, mods, table = fitted
     assert table.sid_length == table.num_semantic + 1 and table.codebook_sizes[-1] == K
     assert table.is_unique()
-    same = np.zeros((5, 2), dtype=np.int64)  # no collision: the position is still there, constant
+    # no collision: the position is still there, constant
     assert stage2_table(list("abcde"), np.c_[np.arange(5), np.zeros(5, dtype=np.int64)], 8, 8).codes[:, -1].tolist() == [0] * 5
-    with pytest.raises(ValueError, match="5 items share one SID"):
+    same = np.zeros((5, 2), dtype=np.int64)  # five items on one SID, four disambiguation tokens
+    with pytest.raises(DataError, match="5 items share one SID"):
         stage2_table(list("abcde"), same, 8, 4)
 
 
@@ -126,14 +128,18 @@ def test_alternating_freezes_one_side_per_epoch(fitted, tmp_path):
     hooks, _ = stage2_generator_hooks(cfg, FinetuneConfig(), codec, tok, mods, {})
     net = hooks.build_loss(build_model(codec.vocab, cfg))
     mmq = set(map(id, net.tokenizer.parameters()))
+    for p in net.parameters():  # as if a gradient were left from the step before the phase changed
+        p.grad = torch.ones_like(p)
     for epoch, trains_tokenizer in ((1, False), (2, True), (3, False)):
         hooks.on_epoch_start(net, epoch, False)
         assert net.tokenizer_frozen is not trains_tokenizer
         assert all(p.requires_grad == (trains_tokenizer if id(p) in mmq else not trains_tokenizer)
                    for p in net.parameters())
+        assert all(p.grad is None for p in net.parameters() if not p.requires_grad)
     # in the loop: the first epoch (4 steps of 8) trains the generator alone, so the SIDs are stage 1's
     state, _ = finetune(fitted, tmp_path / "run", FinetuneConfig(tokenizer_lr=3e-2), steps=8)
     assert state["history"][0]["changed_sids"] == 0.0
+    assert [h["phase"] for h in state["history"]] == ["generator", "tokenizer"]
 
 
 def test_same_seed_same_sids(fitted, tmp_path):
