@@ -108,10 +108,13 @@ def main() -> None:
     agg_excl = {label: mean_std([r["test_history_excluded"]["metrics"] for r in rs]) for label, rs in runs.items()}
     metric = evaluator.cfg.ranker.metric
 
-    def valid_mean(label: str) -> float:
-        return float(np.mean([r["train"][f"best_valid_{metric}"] for r in runs[label]]))
-
     sid_labels = [label for label, _, rep in rows if rep != "id"]
+    # rows are compared on the seeds they all have (single-seed rows have only the first)
+    shared = set.intersection(*({r["seed"] for r in runs[lb]} for lb in sid_labels)) if sid_labels else set()
+
+    def valid_mean(label: str) -> float:
+        return float(np.mean([r["train"][f"best_valid_{metric}"] for r in runs[label] if r["seed"] in shared]))
+
     best_sid = max(sid_labels, key=valid_mean) if sid_labels else None
     id_label = next((label for label, _, rep in rows if rep == "id"), None)
 
