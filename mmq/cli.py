@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "generator")
     result = pipe.train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite,
-                        finetune=getattr(args, "finetune", False))
+                        finetune=args.finetune)
     if not args.json:
         print(f"trained {result['steps']} steps in {result['train_seconds']:.0f}s; best validation "
               f"{cfg.train.metric} {result[f'best_valid_{cfg.train.metric}']} at step {result['best_step']} "
@@ -172,7 +172,7 @@ def _rank_train(args: argparse.Namespace, cfg) -> dict[str, Any]:
     pipe = _pipeline(args, cfg)
     out = args.output or str(Path(cfg.output_dir) / "ranker")
     result = pipe.rank_train(pipe.dataset(), args.tokenizer_dir, out, overwrite=args.overwrite,
-                             finetune=getattr(args, "finetune", False))
+                             finetune=args.finetune)
     if not args.json:
         print(f"trained the {cfg.ranker.representation} ranker {result['epochs']} epochs in "
               f"{result['train_seconds']:.0f}s (stopped by {result['stopped']}); best validation {cfg.ranker.metric} "
