@@ -498,6 +498,9 @@ class Pipeline:
         check_single_process()
         tok = self.load_tokenization(tokenizer_dir)
         table = self._checked_table(ds, tokenizer_dir, tok)
+        if finetune and cfg.ranker.combine == "level_gate":
+            raise DataError("stage 2 joins the ID and SID parts by sum or gate (its SID part is one pooled soft "
+                            "row)", field="ranker.combine")
         if finetune and cfg.ranker.sid_part != "sid":
             raise DataError(f"stage 2 needs sid or id+sid, whose SID tokens have a soft form (got "
                             f"{cfg.ranker.representation!r})", field="ranker.representation")

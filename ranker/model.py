@@ -9,8 +9,10 @@ the history's input embeddings and as the output layer (scores are dot products)
   `prefix_table_size` rows when set and the prefixes are more);
 - `id+sid`, `id+sid_prefix`: both, `combine`d by a sum or by a popularity gate
   g(n) = sigmoid(a log(1 + n) + b) (n: the item's training count; a, b learned):
-  e = g e_id + (1 - g) e_sid, so rare items lean on their SID part. An item never seen in
-  training has no trained ID row: its representation is its SID part alone (g = 0).
+  e = g e_id + (1 - g) e_sid, so rare items lean on their SID part; or by `level_gate`, one
+  popularity weight per part: w = softmax(a log(1 + n) + b) over the ID row and each SID
+  level's row (a, b: one pair per part, learned), e = sum_j w_j e_j. An item never seen in
+  training has no trained ID row: its representation is its SID part alone (weight 0).
 The disambiguation token is not used: it numbers colliding items and means nothing across items."""
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from mmq_rec.tokenizer.sid import SID_TABLE_FILE, SIDTable
 from mmq_rec.tokenizer.training import resolve_device
 
 REPRESENTATIONS = ("id", "sid", "sid_prefix", "id+sid", "id+sid_prefix")
-COMBINES = ("sum", "gate")
+COMBINES = ("sum", "gate", "level_gate")
 LOSSES = ("full", "sampled")
 
 
@@ -43,7 +45,8 @@ class RankerConfig:
     representation: str = "id+sid_prefix"
     """Item representation: id, sid, sid_prefix, id+sid or id+sid_prefix (see `mmq_rec.ranker.model`)."""
     combine: str = "gate"
-    """How id+sid* join the two parts: sum, or gate (a learned popularity gate; cold items use the SID part)."""
+    """How id+sid* join the two parts: sum, gate (a learned popularity gate; cold items use the SID part),
+    or level_gate (a learned popularity weight for the ID row and for each SID level's row)."""
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 2
@@ -167,10 +170,11 @@ class ItemRepresentation(nn.Module):
             trained = torch.zeros(self.sid_emb.num_embeddings, dtype=torch.bool)
             trained[rows[torch.as_tensor(np.asarray(counts) > 0)].reshape(-1)] = True
             self.register_buffer("sid_keep", trained[rows].float())
+        self.gate = self.level_gate = None
         if self.sid_emb is not None and self.id_emb is not None and cfg.combine == "gate":
             self.gate = nn.Parameter(torch.tensor([1.0, -2.0]))  # g = sigmoid(a log(1 + n) + b)
-        else:
-            self.gate = None
+        elif self.sid_emb is not None and self.id_emb is not None and cfg.combine == "level_gate":
+            self.level_gate = nn.Parameter(torch.zeros(2, 1 + self.sid_rows.shape[1]))  # rows a, b; ID first
         for emb in (self.id_emb, self.sid_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=d ** -0.5)
@@ -187,17 +191,36 @@ class ItemRepresentation(nn.Module):
     def id_weight(self) -> torch.Tensor:
         """(N, 1) weight of the ID part: 1 (sum) or the gate, and 0 for items unseen in training
         (and, in training, for the `id_dropout` share of items)."""
-        seen = (self.counts > 0).float()[:, None]
-        if self.training and self.cfg.id_dropout > 0:
-            seen = seen * (torch.rand_like(seen) >= self.cfg.id_dropout).float()
+        seen = self.id_weight_mask()
         if self.gate is None:
             return seen
         return torch.sigmoid(self.gate[0] * torch.log1p(self.counts) + self.gate[1])[:, None] * seen
+
+    def level_weights(self) -> torch.Tensor:
+        """level_gate: (N, 1 + L) weights of the ID row and each SID level's row, summing to 1; 0 for
+        the ID row of an item unseen in training (or dropped by `id_dropout`) and for SID rows that
+        no training item uses."""
+        a, b = self.level_gate
+        logits = a * torch.log1p(self.counts)[:, None] + b
+        keep = torch.cat([self.id_weight_mask(), self.sid_keep], dim=1) > 0
+        return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=1).nan_to_num(0.0)
+
+    def id_weight_mask(self) -> torch.Tensor:
+        """(N, 1): 1 for items whose ID row is used (seen in training, not dropped this step), else 0."""
+        seen = (self.counts > 0).float()[:, None]
+        if self.training and self.cfg.id_dropout > 0:
+            seen = seen * (torch.rand_like(seen) >= self.cfg.id_dropout).float()
+        return seen
 
     def forward(self, sid: torch.Tensor | None = None) -> torch.Tensor:
         """(N, d) item representations (`sid`: the SID part, when already computed)."""
         if self.sid_emb is None:
             return self.id_emb.weight
+        if self.level_gate is not None:
+            if sid is not None:
+                raise ValueError("level_gate weighs each SID level's row: it takes no pooled SID part")
+            w = self.level_weights()
+            return w[:, :1] * self.id_emb.weight + (w[:, 1:, None] * self.sid_emb(self.sid_rows)).sum(1)
         sid = self.sid_part() if sid is None else sid
         if self.id_emb is None:
             return sid

@@ -93,6 +93,27 @@ def test_cold_items_use_their_sid_part_alone(combine):
         assert g[3] == 0 and g[0] > g[4] > g[1] > g[2] > 0
 
 
+def test_level_gate_weighs_the_id_row_and_each_sid_level_by_popularity():
+    m = ranker("id+sid_prefix", combine="level_gate")
+    with torch.no_grad():
+        m.items.level_gate.copy_(torch.tensor([[1.0, -1.0, 0.5], [-2.0, 1.0, 0.0]]))  # rows a, b; ID first
+    w = m.items.level_weights().detach()
+    assert torch.allclose(w.sum(1), torch.ones(6)) and w[3, 0] == 0  # item 3 is unseen: no ID row
+    assert w[0, 0] > w[4, 0] > w[1, 0] > w[5, 0] > w[2, 0] > 0  # the ID share grows with the count
+    rows = m.items.sid_rows
+    e_id, e_sid = m.items.id_emb.weight.detach(), m.items.sid_emb.weight.detach()
+    n = torch.as_tensor(COUNTS, dtype=torch.float32)
+    for i in (0, 2):  # by hand: softmax(a log(1 + n) + b) over [ID, level 1, level 2]
+        wi = torch.softmax(torch.tensor([1.0, -1.0, 0.5]) * torch.log1p(n[i]) + torch.tensor([-2.0, 1.0, 0.0]), 0)
+        expected = wi[0] * e_id[i] + wi[1] * e_sid[rows[i, 0]] + wi[2] * e_sid[rows[i, 1]]
+        assert torch.allclose(m.items()[i].detach(), expected, atol=1e-6)
+    assert m.items()[3].abs().sum() > 0  # the cold item: its SID rows alone
+    m.items()[0].sum().backward()
+    assert m.items.level_gate.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pooled"):
+        m.items(m.items.sid_part())
+
+
 def test_rerank_returns_only_candidates_each_once():
     cands = np.array([[4, 2, 0, -1], [1, 5, 3, 0]])
     rk = np.array([[0.1, 0.9, 0.5, 0.0], [0.3, 0.2, 0.8, -1.0]])
@@ -133,7 +154,8 @@ def test_sampled_loss_runs_and_full_loss_ignores_padding():
 
 
 @pytest.mark.parametrize("rep,kw", [("id", {}), ("sid", {}), ("id+sid", {"combine": "sum"}),
-                                    ("sid_prefix", {"prefix_table_size": 4}), ("id+sid_prefix", {"id_dropout": 0.5})])
+                                    ("sid_prefix", {"prefix_table_size": 4}), ("id+sid_prefix", {"id_dropout": 0.5}),
+                                    ("id+sid", {"combine": "level_gate"})])
 def test_every_representation_round_trips(tmp_path, rep, kw):
     m = ranker(rep, **kw).eval()
     save_ranker(m, table(), tmp_path / "r")
