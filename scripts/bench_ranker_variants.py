@@ -26,7 +26,7 @@ import torch
 
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.pipeline import Pipeline
-from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 BUCKETS = ("all", "head", "tail", "long_tail", "cold")
@@ -70,7 +70,9 @@ def main() -> None:
         run = Path(args.work) / name
         log(f"== {name}: {tok} {' '.join(extra)}")
         trained = pipe.rank_train(ds, tok, run)
-        rows[name] = {"tokenizer": tok, "overrides": extra, "epochs": trained["epochs"],
+        q = read_json(Path(tok) / "quality.json")
+        rows[name] = {"tokenizer": tok, "sids": f"{q['tokenizer']} {q['codebook_sizes']}, {'+'.join(q['modalities'])}",
+                      "overrides": extra, "epochs": trained["epochs"],
                       "best_epoch": trained["best_epoch"], "train_minutes": round(trained["train_seconds"] / 60, 1),
                       **{s: {b: v["recall@10"] for b, v in pipe.rank_evaluate(ds, run / "best", split_name=s)
                              ["metrics"].items() if b in BUCKETS} for s in ("valid", "test")}}
@@ -95,12 +97,12 @@ def render(cmd: str, env: dict, rows: dict, adjusted: dict) -> str:
     def cells(r: dict, ref: dict) -> str:
         return " | ".join(f"{r[b]:.4f}" for b in BUCKETS if b in r) + f" | {r['tail'] / max(ref['tail'], 1e-12):.2f}×"
 
-    head = "| variant | tokenizer | overrides | epochs (best) | " + " | ".join(
+    head = "| variant | SIDs (tokenizer, codebooks, modalities) | overrides | epochs (best) | " + " | ".join(
         f"valid R@10 {b}" for b in BUCKETS) + f" | valid tail / {first}'s | " + " | ".join(
         f"test R@10 {b}" for b in BUCKETS) + f" | test tail / {first}'s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in rows.items():
-        lines.append(f"| {name} | `{r['tokenizer']}` | `{' '.join(r['overrides'])}` | {r['epochs']} ({r['best_epoch']}) | "
+        lines.append(f"| {name} | {r['sids']} | `{' '.join(r['overrides'])}` | {r['epochs']} ({r['best_epoch']}) | "
                      + cells(r["valid"], rows[first]["valid"]) + " | " + cells(r["test"], rows[first]["test"]) + " |")
     out = ["# Ranker variants: what lifts tail recall (one seed, chosen on validation)",
            f"Measured on the CPU ({env['machine']}, torch {env['torch']}), {env['date']}. One seed per variant: "
