@@ -52,6 +52,15 @@ STAGES_VERSION = 1
 """Part of every stage fingerprint: raised when a change to the code changes what a stage produces."""
 
 
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A benchmark script's command line -> (its own arguments, the configuration overrides after `--`)."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

@@ -171,10 +171,11 @@ class ItemRepresentation(nn.Module):
             trained[rows[torch.as_tensor(np.asarray(counts) > 0)].reshape(-1)] = True
             self.register_buffer("sid_keep", trained[rows].float())
         self.gate = self.level_gate = None
-        if self.sid_emb is not None and self.id_emb is not None and cfg.combine == "gate":
-            self.gate = nn.Parameter(torch.tensor([1.0, -2.0]))  # g = sigmoid(a log(1 + n) + b)
-        elif self.sid_emb is not None and self.id_emb is not None and cfg.combine == "level_gate":
-            self.level_gate = nn.Parameter(torch.zeros(2, 1 + self.sid_rows.shape[1]))  # rows a, b; ID first
+        if self.sid_emb is not None and self.id_emb is not None:
+            if cfg.combine == "gate":
+                self.gate = nn.Parameter(torch.tensor([1.0, -2.0]))  # g = sigmoid(a log(1 + n) + b)
+            elif cfg.combine == "level_gate":
+                self.level_gate = nn.Parameter(torch.zeros(2, 1 + self.sid_rows.shape[1]))  # rows a, b; ID first
         for emb in (self.id_emb, self.sid_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=d ** -0.5)

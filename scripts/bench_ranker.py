@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmq_rec.benchmark import compose_report, environment, system_entry, write_report_files
+from mmq_rec.benchmark import compose_report, environment, split_overrides, system_entry, write_report_files
 from mmq_rec.config import to_yaml
 from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
 from mmq_rec.pipeline import Pipeline
@@ -48,9 +48,7 @@ def _slug(label: str) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--tokenizer", action="append", required=True, help="NAME=TOKENIZER_DIR (repeatable)")

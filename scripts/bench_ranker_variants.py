@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmq_rec.benchmark import split_overrides
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.pipeline import Pipeline
 from mmq_rec.recdata.io import read_json, write_json, write_text
@@ -49,9 +50,7 @@ def adjusted_recall(pipe: Pipeline, ds, run: Path, split_name: str, tau: float) 
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--work", required=True)
