@@ -36,9 +36,9 @@ from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.stage2 import stage2_generator_hooks, stage2_table
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
-from mmq_rec.ranker.model import SequentialRanker, build_ranker, load_ranker
+from mmq_rec.ranker.model import WEIGHTS_FILE, SequentialRanker, build_ranker, load_ranker
 from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
-from mmq_rec.ranker.stage2 import TOKENIZER_DIR, build_stage2, stage2_hooks
+from mmq_rec.ranker.stage2 import TOKENIZER_DIR, build_stage2, stage2_hooks, warm_start
 from mmq_rec.ranker.train import check_single_process, train_ranker
 from mmq_rec.ranker.train import read_checkpoint as read_ranker_checkpoint
 from mmq_rec.recdata.errors import DataError
@@ -339,6 +339,9 @@ class Pipeline:
                 raise DataError("stage 2 for the generator needs the item input mode with the all-position "
                                 "objective", field="generator.input_mode" if cfg.generator.input_mode != "item"
                                 else "generator.objective")
+            if cfg.finetune.init_from:
+                raise DataError("a warm start is built for the ranker's stage 2 only (mmq rank train --finetune)",
+                                field="finetune.init_from")
             mods, base, fingerprint_extra = self._stage2_inputs(ds, tokenizer_dir, tok, table)
             k = tok.tokenizer.model.cfg.codebook_size
             group = table.codebook_sizes[-1] if table.sid_length > table.num_semantic else 1
@@ -518,6 +521,8 @@ class Pipeline:
                 model = build_stage2(cfg.ranker, cfg.finetune, tok.tokenizer, mods, counts)
             except ValueError as e:
                 raise DataError(str(e), path=tokenizer_dir) from None
+            if cfg.finetune.init_from:
+                extra["init_from"] = self._warm_start(model, ds, table, cfg.finetune.init_from)
             hooks = stage2_hooks(model, ds.item_ids(), mods, base, tok.tokenizer, tok.quality, titles,
                                  {k: tok.quality[k] for k in ("modalities", "split") if k in tok.quality})
             fingerprint.update(extra)
@@ -547,6 +552,19 @@ class Pipeline:
                 "best_epoch": state["best_epoch"], f"best_valid_{cfg.ranker.metric}": state["best_metric"],
                 "stopped": state["stopped"], "train_seconds": round(state["train_seconds"], 1),
                 "wall_seconds": round(time.perf_counter() - t0, 1), "history": state["history"]}
+
+    def _warm_start(self, model: SequentialRanker, ds: RecDataset, table: SIDTable, init_from: str) -> str:
+        """Load the plain ranker `init_from` (trained on `table`, this tokenizer's stage-1 SIDs) into
+        the stage-2 `model`; returns the digest of its weights (for the run's fingerprint)."""
+        plain = self.ranker(init_from, ds)
+        if not np.array_equal(plain.table.codes, table.codes):
+            raise DataError("finetune.init_from: this ranker was not trained on the tokenizer's SIDs (train it with "
+                            "mmq rank train on the same --tokenizer-dir)", path=init_from)
+        try:
+            warm_start(model, plain.cpu())
+        except ValueError as e:
+            raise DataError(str(e), path=init_from) from None
+        return _digest(Path(init_from, WEIGHTS_FILE).read_bytes())
 
     def ranker(self, ranker_dir: str | Path, ds: RecDataset | None = None) -> SequentialRanker:
         """A trained ranker on the configured device; with `ds`, checked to be trained on its items

@@ -149,6 +149,23 @@ def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: MMQTokenizer,
     return Stage2Ranker(cfg, items, ft)
 
 
+ARCHITECTURE = ("representation", "combine", "d_model", "num_layers", "num_heads", "max_history")
+
+
+def warm_start(model: Stage2Ranker, plain: SequentialRanker) -> None:
+    """Start `model` from a plain ranker's weights (`finetune.init_from`); `plain` must have the same
+    architecture (the caller checks it was trained on the tokenizer's stage-1 SIDs)."""
+    diff = [k for k in ARCHITECTURE if getattr(plain.cfg, k) != getattr(model.cfg, k)]
+    if diff:
+        raise ValueError("init_from: the ranker differs from this configuration in "
+                         + ", ".join(f"{k} ({getattr(plain.cfg, k)!r} vs {getattr(model.cfg, k)!r})" for k in diff))
+    rebuilt = {"items.sid_rows", "items.sid_keep", "items.counts"}
+    state = {k: v for k, v in plain.state_dict().items() if k not in rebuilt}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or {k for k in missing if not k.startswith("items.tokenizer.")} - rebuilt:
+        raise ValueError(f"init_from: the ranker's weights do not fit ({sorted(missing)[:3]}, {unexpected[:3]})")
+
+
 def stage2_hooks(model: Stage2Ranker, item_ids: list[str], modalities: dict[str, np.ndarray], base_codes: np.ndarray,
                  tokenizer: MMQTokenizer, base_quality: dict[str, Any], titles: list[str] | None = None,
                  quality_extra: dict[str, Any] | None = None) -> TrainingHooks:

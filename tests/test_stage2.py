@@ -209,6 +209,33 @@ def test_finetune_command(tmp_path, capsys):
                  "--generator.d_kv", "8", "--generator.num_heads", "2", "--generator.d_ff", "32",
                  "--decode.valid_users", "20"]) == 0
     capsys.readouterr()
+    # a warm start from a plain ranker on the stage-1 SIDs: the alternating schedule begins with a
+    # tokenizer epoch, in which the ranker's weights stay those of the plain ranker (no dead-code
+    # restart, which would move the rows of restarted codes)
+    plain = ["rank", "train", "--dataset", str(tmp_path / "ds"), "--encode.cache_dir", "", "--ranker.d_model", "16",
+             "--ranker.epochs", "1", "--ranker.batch_size", "32", "--ranker.representation", "sid"]
+    assert main([*plain, "--tokenizer-dir", str(tmp_path / "tok"), "--output", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    warm = [*run[:run.index("--ranker.epochs")], "--ranker.epochs", "1", *run[run.index("--ranker.epochs") + 2:],
+            "--tokenizer-dir", str(tmp_path / "tok"), "--finetune.tokenizer_lr", "0.05",
+            "--finetune.restart_dead", "false", "--finetune.init_from", str(tmp_path / "p" / "best")]
+    assert main([*warm, "--output", str(tmp_path / "w"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [h["phase"] for h in res["history"]] == ["tokenizer"]
+    p_model, p_table, _ = load_ranker(tmp_path / "p" / "best")
+    w_model, w_table, _ = load_ranker(tmp_path / "w" / "best")
+    assert torch.equal(p_model.pos_emb.weight, w_model.pos_emb.weight)
+    assert torch.equal(p_model.items.sid_emb.weight, w_model.items.sid_emb.weight)
+    assert not np.array_equal(p_table.codes, w_table.codes), "the tokenizer epoch moved some items"
+    # a warm start must fit: same architecture, trained on this tokenizer's SIDs
+    assert main([*warm, "--output", str(tmp_path / "w2"), "--ranker.d_model", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "d_model (16 vs 8)" in err and len(err.splitlines()) == 1
+    assert main([*plain, "--tokenizer-dir", str(tmp_path / "rtok"), "--output", str(tmp_path / "pr")]) == 0
+    capsys.readouterr()
+    assert main([*warm[:-1], str(tmp_path / "pr" / "best"), "--output", str(tmp_path / "w3")]) == 2
+    err = capsys.readouterr().err
+    assert "not trained on the tokenizer's SIDs" in err and len(err.splitlines()) == 1
     # one-line errors: not an MMQ tokenizer; a representation without a soft form
     assert main([*run, "--tokenizer-dir", str(tmp_path / "rtok"), "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

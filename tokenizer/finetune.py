@@ -33,6 +33,10 @@ class FinetuneConfig:
     """Learning rate of the tokenizer's parameters (the downstream model keeps its own)."""
     restart_dead: bool = True
     """After an epoch that trained the tokenizer, restart codewords no item uses."""
+    init_from: str = ""
+    """A trained downstream model (for the ranker: a plain ranker directory trained on this
+    tokenizer's stage-1 SIDs, same architecture) whose weights start stage 2; the alternating
+    schedule then begins with a tokenizer phase. Empty: the downstream model starts fresh."""
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
@@ -55,8 +59,8 @@ def check_mmq(tokenizer: Any) -> None:
 
 
 def tokenizer_phase(ft: FinetuneConfig, epoch: int) -> bool:
-    """Whether epoch `epoch` (from 1) trains the tokenizer."""
-    return ft.schedule == "joint" or ((epoch - 1) // ft.alternate_every) % 2 == 1
+    """Whether epoch `epoch` (from 1) trains the tokenizer (a warm start, `init_from`, begins with it)."""
+    return ft.schedule == "joint" or ((epoch - 1) // ft.alternate_every + bool(ft.init_from)) % 2 == 1
 
 
 def changed_share(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
