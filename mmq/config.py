@@ -490,7 +490,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 # Options added after runs had been fingerprinted, with the value that reproduces the earlier
 # behaviour: at that value they are left out of run and stage fingerprints, so runs and cached
 # stages from before the option existed stay valid (any other value is a new configuration).
-LATER_OPTIONS: dict[str, dict[str, Any]] = {"generator": {"item_id_embedding": False}}
+LATER_OPTIONS: dict[str, dict[str, Any]] = {"generator": {"item_id_embedding": False}, "ranker": {"sid_loss": 0.0},
+                                             "finetune": {"init_from": ""}}
 
 
 def fingerprint_view(section: str, values: dict[str, Any]) -> dict[str, Any]:

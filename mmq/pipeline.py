@@ -395,7 +395,7 @@ class Pipeline:
             raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "
                             "(were encode.* settings different when it was tokenized?)", path=tokenizer_dir)
         weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
-        return mods, base, {"finetune": to_dict(self.cfg)["finetune"],
+        return mods, base, {"finetune": fingerprint_view("finetune", to_dict(self.cfg)["finetune"]),
                             "tokenizer": _digest(json.dumps(weights, sort_keys=True).encode()),
                             "modalities": {m: _digest(np.ascontiguousarray(v).tobytes()) for m, v in sorted(mods.items())}}
 
@@ -509,7 +509,8 @@ class Pipeline:
                             f"{cfg.ranker.representation!r})", field="ranker.representation")
         c = to_dict(cfg)
         # more epochs or patience continue the same run (the learning rate does not depend on them)
-        ranker = {k: v for k, v in c["ranker"].items() if k not in ("epochs", "patience", "candidates", "fusion_weights")}
+        ranker = {k: v for k, v in fingerprint_view("ranker", c["ranker"]).items()
+                  if k not in ("epochs", "patience", "candidates", "fusion_weights")}
         fingerprint = {"seed": cfg.seed, "ranker": ranker, "split": split_settings(cfg), "device": c.get("device"),
                        "metric_ks": c["eval"]["ks"], "dataset": dataset_digest(ds), "sid_table": _table_digest(table)}
         counts = self.buckets(ds).popularity

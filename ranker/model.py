@@ -56,6 +56,10 @@ class RankerConfig:
     id_dropout: float = 0.0
     """id+sid*: in training, the share of items (drawn afresh each step) represented by their SID part
     alone, as unseen items are, so that the SID part learns to stand for an item by itself."""
+    sid_loss: float = 0.0
+    """id+sid*: weight of a second cross-entropy whose output layer is the items' SID parts alone
+    (the history read as usual), so that the SID part learns to score items by itself, as it does
+    for rare items (mostly SID under the gate) and unseen ones."""
     prefix_table_size: int = 0
     """sid_prefix: rows of the prefix table; 0 = one row per distinct prefix, else prefixes are hashed into this many."""
     loss: str = "full"
@@ -95,6 +99,9 @@ class RankerConfig:
         for name in ("dropout", "id_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: must be in [0, 1) (got {getattr(self, name)!r})")
+        if not self.sid_loss >= 0 or (self.sid_loss and "+" not in self.representation):
+            raise ValueError(f"sid_loss: must be >= 0, and > 0 only for id+sid or id+sid_prefix (got "
+                             f"{self.sid_loss!r} with {self.representation!r})")
         if not self.prefix_table_size >= 0:
             raise ValueError(f"prefix_table_size: must be >= 0 (got {self.prefix_table_size!r})")
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -284,13 +291,23 @@ class SequentialRanker(nn.Module):
         h = self.encode(inputs, item_emb)
         keep = targets >= 0
         h, t = h[keep], targets[keep]
-        if neg_items is None:
-            return F.cross_entropy(h @ item_emb.T, t)
-        pos = (h * item_emb[t]).sum(-1, keepdim=True)
-        neg = h @ item_emb[neg_items].T - neg_logq[None]
-        neg = neg.masked_fill(neg_items[None] == t[:, None], float("-inf"))
-        logits = torch.cat([pos, neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=t.device))
+        loss = _cross_entropy(h, t, item_emb, neg_items, neg_logq)
+        if self.cfg.sid_loss:
+            loss = loss + self.cfg.sid_loss * _cross_entropy(h, t, self.items.sid_part(), neg_items, neg_logq)
+        return loss
+
+
+def _cross_entropy(h: torch.Tensor, t: torch.Tensor, item_emb: torch.Tensor, neg_items: torch.Tensor | None,
+                   neg_logq: torch.Tensor | None) -> torch.Tensor:
+    """Next-item cross-entropy of states `h` with targets `t` over the output rows `item_emb`: the
+    full softmax, or the sampled one (see `SequentialRanker.loss`)."""
+    if neg_items is None:
+        return F.cross_entropy(h @ item_emb.T, t)
+    pos = (h * item_emb[t]).sum(-1, keepdim=True)
+    neg = h @ item_emb[neg_items].T - neg_logq[None]
+    neg = neg.masked_fill(neg_items[None] == t[:, None], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=t.device))
 
 
 RANKER_FILE = "ranker.json"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmq_rec.cli import main
+from mmq_rec.config import fingerprint_view
 from mmq_rec.ranker import (
     RankerConfig,
     build_ranker,
@@ -151,6 +152,22 @@ def test_sampled_loss_runs_and_full_loss_ignores_padding():
     neg = torch.tensor([0, 1, 2, 3, 4, 5])
     sampled = m.loss(x, y, neg, torch.full((6,), np.log(1.0)))
     assert torch.isfinite(sampled) and torch.allclose(sampled, full, atol=1e-5)  # every item drawn, q = 1/6 * 6
+
+
+def test_sid_loss_adds_the_cross_entropy_of_the_sid_part_alone():
+    x = torch.as_tensor(HIST)
+    y = torch.as_tensor([[-1, -1, 1, 2, 4], [-1, -1, -1, -1, 0], [3, 1, 0, 5, 2]])
+    plain, aux = ranker("id+sid_prefix"), ranker("id+sid_prefix", sid_loss=0.5)
+    h = aux.encode(x)[y >= 0]
+    by_hand = torch.nn.functional.cross_entropy(h @ aux.items.sid_part().T, y[y >= 0])
+    assert torch.allclose(aux.loss(x, y), plain.loss(x, y) + 0.5 * by_hand, atol=1e-6)
+    aux.loss(x, y).backward()
+    assert aux.items.sid_emb.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="sid_loss"):
+        RankerConfig(representation="sid", sid_loss=0.5)
+    # runs fingerprinted before the option existed stay valid at its default
+    assert "sid_loss" not in fingerprint_view("ranker", vars(RankerConfig()))
+    assert fingerprint_view("ranker", vars(RankerConfig(sid_loss=0.5)))["sid_loss"] == 0.5
 
 
 @pytest.mark.parametrize("rep,kw", [("id", {}), ("sid", {}), ("id+sid", {"combine": "sum"}),
