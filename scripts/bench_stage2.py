@@ -1,0 +1,190 @@
+"""MMQ stage 2 on one dataset: each downstream model on stage-1 SIDs and on the same SIDs after
+stage 2, beside RQ-KMeans SIDs -> benchmarks/stage2.md + .json (and, with --page, a report page).
+
+    python scripts/bench_stage2.py --dataset DATA --work WORK_DIR --seeds 0 1 2 \\
+        --row 'NAME=KIND TOKENIZER_DIR [OVERRIDES]' [--row ...] [--page DIR] [-- OVERRIDES]
+
+KIND is one of
+- `ranker`, `generator`: the plain model trained on the tokenizer's SIDs;
+- `ranker-stage2:BASE`: MMQ stage 2 with the ranker, started from row BASE's ranker of the same seed
+  (`--finetune.init_from`; BASE must be a `ranker` row on the same MMQ tokenizer);
+- `generator-stage2:BASE`: MMQ stage 2 with the generator (trained from scratch beside the
+  tokenizer), compared with row BASE.
+Each row's words after the tokenizer directory are configuration overrides, added to the common
+OVERRIDES. Every run lives in WORK_DIR/NAME-s<seed> and is reused or resumed when rerun. Every run is
+evaluated on the validation and the test split (all users, full catalogue); a stage-2 row's gain
+over its base is judged on validation, and the test column is reported beside it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmq_rec.benchmark import compose_report, environment, split_overrides, system_entry, write_report_files
+from mmq_rec.eval.report import mean_std
+from mmq_rec.pipeline import Pipeline
+from mmq_rec.recdata.io import read_json, write_json, write_text
+
+HERE = Path(__file__).resolve().parent.parent
+BUCKETS = ("all", "head", "tail", "long_tail", "cold")
+KINDS = ("ranker", "generator", "ranker-stage2", "generator-stage2")
+
+
+def parse_row(spec: str) -> dict[str, Any]:
+    name, sep, rest = spec.partition("=")
+    words = shlex.split(rest)
+    if not sep or len(words) < 2:
+        sys.exit(f"bench_stage2: --row {spec!r}: expected 'NAME=KIND TOKENIZER_DIR [OVERRIDES]'")
+    kind, _, base = words[0].partition(":")
+    if kind not in KINDS or bool(base) != kind.endswith("stage2"):
+        sys.exit(f"bench_stage2: --row {name}: KIND must be ranker, generator, ranker-stage2:BASE or "
+                 f"generator-stage2:BASE (got {words[0]!r})")
+    return {"name": name, "kind": kind, "base": base or None, "tokenizer": words[1], "overrides": words[2:]}
+
+
+def main() -> None:
+    argv, overrides = split_overrides(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--work", required=True, help="directory for the training runs (reused when rerun)")
+    ap.add_argument("--row", action="append", required=True, help="'NAME=KIND TOKENIZER_DIR [OVERRIDES]'")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", default=str(HERE / "benchmarks" / "stage2"))
+    ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
+    args = ap.parse_args(argv)
+    rows = {r["name"]: r for r in map(parse_row, args.row)}
+    for r in rows.values():
+        if r["base"] and (r["base"] not in rows or rows[r["base"]]["kind"] != r["kind"].split("-")[0]):
+            sys.exit(f"bench_stage2: --row {r['name']}: BASE must name a {r['kind'].split('-')[0]} row")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    work = Path(args.work)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:  # every row's first seed before any row's second
+        for name, r in rows.items():
+            out = work / f"{name}-s{seed}"
+            extra = []
+            if r["kind"] == "ranker-stage2":
+                extra = ["--finetune.init_from", str(work / f"{r['base']}-s{seed}" / "best")]
+            pipe = Pipeline.from_config(overrides=[*overrides, *r["overrides"], *extra, "--seed", str(seed)],
+                                        show_progress=False, log=log)
+            ds = pipe.dataset(args.dataset)
+            log(f"== {name} ({r['kind']}), seed {seed} -> {out}")
+            finetune = r["kind"].endswith("stage2")
+            if r["kind"].startswith("ranker"):
+                trained = pipe.rank_train(ds, r["tokenizer"], out, finetune=finetune)
+                evaluate = lambda s, p=pipe, d=ds, o=out: p.rank_evaluate(d, o / "best", split_name=s)  # noqa: E731
+                minutes = trained["train_seconds"] / 60
+            else:
+                trained = pipe.train(ds, r["tokenizer"], out, finetune=finetune)
+                evaluate = lambda s, p=pipe, d=ds, o=out: p.evaluate(d, o / "best", split_name=s)  # noqa: E731
+                minutes = trained["train_seconds"] / 60
+            res = {s: evaluate(s) for s in ("valid", "test")}
+            q = read_json(Path(trained["best_model"]) / "tokenizer" / "quality.json") if finetune else \
+                read_json(Path(r["tokenizer"]) / "quality.json")
+            runs.setdefault(name, []).append({
+                "seed": seed, "run": str(out), "train_minutes": round(minutes, 1), "device": res["test"].get("device", ""),
+                "valid": res["valid"]["metrics"], "test": res["test"]["metrics"],
+                "users_per_second": res["test"].get("users_per_second"),
+                "tokenizer": q.get("tokenizer"), "sid_length": q.get("sid_length"),
+                "stage2": q.get("stage2")})
+    summary = summarise(rows, runs)
+    cmd = "python scripts/bench_stage2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    device = next(iter(runs.values()))[0]["device"]
+    env = environment(device)
+    write_json(Path(args.out).with_suffix(".json"), {
+        "generated_by": "scripts/bench_stage2.py", "command": cmd, "environment": env, "overrides": overrides,
+        **summary, "rows": {n: {k: v for k, v in r.items() if k != "name"} for n, r in rows.items()}, "runs": runs})
+    write_text(Path(args.out).with_suffix(".md"), render(cmd, env, rows, runs, summary))
+    if args.page:
+        systems = {n: system_entry(rows[n]["kind"].split("-")[0], [
+            {"seed": x["seed"], "metrics": x["test"], "device": x["device"], "train_minutes": x["train_minutes"],
+             "users_per_second": x["users_per_second"]} for x in rs]) for n, rs in runs.items()}
+        report = compose_report("MMQ stage 2: stage-1 and fine-tuned SIDs, generator and ranker", systems, [5, 10, 20],
+                                subtitle="Test split, leave-one-out, full catalogue; mean ± std over seeds. Written by "
+                                "scripts/bench_stage2.py (stage2.md beside it has validation and the SID changes).",
+                                environment_=env, command=cmd)
+        Path(args.page).mkdir(parents=True, exist_ok=True)
+        write_report_files(report, Path(args.page))
+
+
+def summarise(rows: dict[str, dict], runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """The headline numbers: for stage 2 the row whose validation R@10 gains most over its base
+    (compared on the seeds both have), and the best MMQ and RQ-KMeans generators by validation."""
+    def r10(name: str, split: str, seeds: set[int] | None = None) -> float:
+        vals = [x[split]["all"]["recall@10"] for x in runs.get(name, []) if seeds is None or x["seed"] in seeds]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    out: dict[str, Any] = {"stage2": {}}
+    for name, r in rows.items():
+        if r["base"] and name in runs and r["base"] in runs:
+            seeds = {x["seed"] for x in runs[name]} & {x["seed"] for x in runs[r["base"]]}
+            out["stage2"][name] = {"base": r["base"], "seeds": sorted(seeds),
+                                   **{f"{s}_recall10_{w}": r10(n, s, seeds) for s in ("valid", "test")
+                                      for w, n in (("stage1", r["base"]), ("stage2", name))}}
+    if out["stage2"]:
+        best = max(out["stage2"], key=lambda n: out["stage2"][n]["valid_recall10_stage2"]
+                   - out["stage2"][n]["valid_recall10_stage1"])
+        b = out["stage2"][best]
+        out.update(stage2_row=best, stage1_recall10=b["test_recall10_stage1"], stage2_recall10=b["test_recall10_stage2"],
+                   stage2_valid_gain=b["valid_recall10_stage2"] - b["valid_recall10_stage1"])
+    gens = [n for n, r in rows.items() if r["kind"].startswith("generator") and n in runs]
+    for tok, key in (("mmq", "mmq_generator"), ("rqkmeans", "rqkmeans_generator")):
+        cands = [n for n in gens if runs[n][0]["tokenizer"] == tok]
+        if cands:
+            best = max(cands, key=lambda n: r10(n, "valid"))
+            out[f"{key}_row"], out[f"{key}_recall10"] = best, r10(best, "test")
+    return out
+
+
+def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
+    def cell(rs: list[dict], split: str, bucket: str) -> str:
+        v = [x[split][bucket]["recall@10"] for x in rs if "recall@10" in x[split].get(bucket, {})]
+        return f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "") if v else "–"
+
+    head = ("| row | kind | SIDs | seeds | " + " | ".join(f"valid R@10 {b}" for b in ("all", "tail"))
+            + " | valid N@10 | " + " | ".join(f"test R@10 {b}" for b in BUCKETS) + " | test N@10 | minutes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, rs in runs.items():
+        r = rows[name]
+        n10 = {s: mean_std([x[s] for x in rs])["all"]["ndcg@10"] for s in ("valid", "test")}
+        lines.append(f"| {name} | {r['kind']}{':' + r['base'] if r['base'] else ''} | {rs[0]['tokenizer']}, "
+                     f"{rs[0]['sid_length']} tokens | {', '.join(str(x['seed']) for x in rs)} | "
+                     f"{cell(rs, 'valid', 'all')} | {cell(rs, 'valid', 'tail')} | {n10['valid']:.4f} | "
+                     + " | ".join(cell(rs, "test", b) for b in BUCKETS)
+                     + f" | {n10['test']:.4f} | {np.mean([x['train_minutes'] for x in rs]):.1f} |")
+    out = ["# MMQ stage 2: stage-1 and fine-tuned SIDs, for the generator and the ranker",
+           f"Measured on {env.get('device', '')} ({env.get('machine', '')}), torch {env.get('torch', '')}. "
+           "All users of each split, full catalogue, history not excluded. A stage-2 row is judged against its "
+           "base on validation; test is shown beside it and chooses nothing.",
+           f"Command: `{cmd}`", "\n".join(lines)]
+    if summary.get("stage2"):
+        s2 = ["| stage-2 row | base | seeds | valid R@10 stage 1 → 2 | test R@10 stage 1 → 2 | items whose SID changed "
+              "| collision rate before → after | utilisation after (mean) |", "|---|---|---|---|---|---:|---|---:|"]
+        for name, v in summary["stage2"].items():
+            st = runs[name][0].get("stage2") or {}
+            changed = np.mean([(x.get("stage2") or {}).get("changed_sids", {}).get("items", np.nan) for x in runs[name]])
+            before, after = st.get("before", {}), st.get("after", {})
+            s2.append(f"| {name} | {v['base']} | {', '.join(map(str, v['seeds']))} | {v['valid_recall10_stage1']:.4f} → "
+                      f"{v['valid_recall10_stage2']:.4f} | {v['test_recall10_stage1']:.4f} → "
+                      f"{v['test_recall10_stage2']:.4f} | {changed:.1%} | {before.get('collision_rate', '–')} → "
+                      f"{after.get('collision_rate', '–')} | "
+                      f"{np.mean(after['utilisation']) if after.get('utilisation') else float('nan'):.3f} |")
+        out += ["## Stage 2 against its base (same downstream model, same stage-1 SIDs)", "\n".join(s2)]
+    keys = ("stage2_row", "stage1_recall10", "stage2_recall10", "mmq_generator_row", "mmq_generator_recall10",
+            "rqkmeans_generator_row", "rqkmeans_generator_recall10")
+    out += ["## Headline (the JSON's keys)", "\n".join(
+        f"- `{k}`: {summary[k]:.4f}" if isinstance(summary[k], float) else f"- `{k}`: {summary[k]}"
+        for k in keys if k in summary)]
+    return "\n\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
