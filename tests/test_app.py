@@ -221,10 +221,13 @@ def test_demo_runs_and_is_deterministic(tmp_path, capsys, one_thread):
     results = {k: v["metrics"] for k, v in report["systems"].items()}
     assert results["popularity"]["all"]["users"] == 400
     assert results["MMQ + generator"]["all"]["invalid_rate"] == 0.0
-    for row in ("ranker (id)", "ranker (id+sid_prefix)", "generate(50) -> ranker (id+sid_prefix)"):
+    assert "[finetune] id+sid ranker and MMQ tokenizer fine-tuned" in out and "changed SID" in out
+    for row in ("ranker (id)", "ranker (id+sid_prefix)", "generate(50) -> ranker (id+sid_prefix)", "ranker (id+sid)",
+                "ranker (id+sid, MMQ stage 2)"):
         assert results[row]["all"]["users"] == 400 and results[row]["all"]["invalid_rate"] == 0.0
     assert f"report -> {tmp_path / 'a' / 'report.html'}" in out and report["answers"][0].startswith("Best overall")
     assert (tmp_path / "a" / "ranker-id_sid_prefix" / "best" / "model.safetensors").exists()
+    assert (tmp_path / "a" / "ranker-id_sid-stage2" / "best" / "tokenizer" / "quality.json").exists()
     assert (tmp_path / "a" / "generator" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# MMQ-Rec demo (synthetic data)")
     assert RecDataset.load(tmp_path / "a" / "data").num_items == 300
