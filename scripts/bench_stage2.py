@@ -78,15 +78,11 @@ def main() -> None:
             ds = pipe.dataset(args.dataset)
             log(f"== {name} ({r['kind']}), seed {seed} -> {out}")
             finetune = r["kind"].endswith("stage2")
-            if r["kind"].startswith("ranker"):
-                trained = pipe.rank_train(ds, r["tokenizer"], out, finetune=finetune)
-                evaluate = lambda s, p=pipe, d=ds, o=out: p.rank_evaluate(d, o / "best", split_name=s)  # noqa: E731
-                minutes = trained["train_seconds"] / 60
-            else:
-                trained = pipe.train(ds, r["tokenizer"], out, finetune=finetune)
-                evaluate = lambda s, p=pipe, d=ds, o=out: p.evaluate(d, o / "best", split_name=s)  # noqa: E731
-                minutes = trained["train_seconds"] / 60
-            res = {s: evaluate(s) for s in ("valid", "test")}
+            ranker = r["kind"].startswith("ranker")
+            trained = (pipe.rank_train if ranker else pipe.train)(ds, r["tokenizer"], out, finetune=finetune)
+            evaluate = pipe.rank_evaluate if ranker else pipe.evaluate
+            res = {s: evaluate(ds, out / "best", split_name=s) for s in ("valid", "test")}
+            minutes = trained["train_seconds"] / 60
             q = read_json(Path(trained["best_model"]) / "tokenizer" / "quality.json") if finetune else \
                 read_json(Path(r["tokenizer"]) / "quality.json")
             runs.setdefault(name, []).append({
