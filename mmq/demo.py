@@ -72,31 +72,32 @@ def run_demo(pipe: Pipeline, output: str | Path | None = None, overwrite: bool =
     log(f"[train] {run['steps']} steps in {run['train_seconds']:.0f}s; best validation {cfg.train.metric} "
         f"{run[f'best_valid_{cfg.train.metric}']:.4f} at step {run['best_step']} -> {run['best_model']}")
 
-    # stage 3: rankers, the item-ID one (SASRec) beside the configured SID one, selected on validation
-    rankers, rank_minutes = {}, {}
-    for rep in dict.fromkeys(("id", cfg.ranker.representation)):
+    # stage 3: rankers, the item-ID one (SASRec) beside the configured SID one (and, for MMQ stage 2,
+    # an id+sid one), selected on validation
+    stage2 = cfg.tokenize.tokenizer == "mmq"
+    rankers, rank_minutes, trained = {}, {}, {}
+    for rep in dict.fromkeys(("id", cfg.ranker.representation) + (("id+sid",) if stage2 else ())):
         rp = Pipeline(dataclasses.replace(cfg, ranker=dataclasses.replace(cfg.ranker, representation=rep)),
                       show_progress=pipe.show_progress, log=lambda m: None)
-        r = rp.rank_train(ds, out / "tokenizer", out / f"ranker-{rep.replace('+', '_')}", overwrite=overwrite)
+        r = trained[rep] = rp.rank_train(ds, out / "tokenizer", out / f"ranker-{rep.replace('+', '_')}",
+                                         overwrite=overwrite)
         rankers[rep], rank_minutes[rep] = r["best_model"], r["train_seconds"] / 60
         log(f"[rank] {rep} ranker: {r['epochs']} epochs in {r['train_seconds']:.0f}s; best validation "
             f"{cfg.ranker.metric} {r[f'best_valid_{cfg.ranker.metric}']:.4f} at epoch {r['best_epoch']}")
 
-    # MMQ stage 2 with the ranker: an id+sid ranker on the stage-1 SIDs, then the same ranker and the
-    # tokenizer fine-tuned from it (a tokenizer epoch, a ranker epoch, twice)
-    if cfg.tokenize.tokenizer == "mmq":
-        plain_cfg = dataclasses.replace(cfg.ranker, representation="id+sid")
-        s2_cfg = dataclasses.replace(cfg, ranker=dataclasses.replace(plain_cfg, epochs=STAGE2_EPOCHS))
-        rp = Pipeline(dataclasses.replace(cfg, ranker=plain_cfg), show_progress=pipe.show_progress, log=lambda m: None)
-        r = rp.rank_train(ds, out / "tokenizer", out / "ranker-id_sid", overwrite=overwrite)
-        rankers["id+sid"], rank_minutes["id+sid"] = r["best_model"], r["train_seconds"] / 60
-        s2_cfg = dataclasses.replace(s2_cfg, finetune=dataclasses.replace(cfg.finetune, init_from=r["best_model"]))
-        rp = Pipeline(s2_cfg, show_progress=pipe.show_progress, log=lambda m: None)
-        r2 = rp.rank_train(ds, out / "tokenizer", out / "ranker-id_sid-stage2", overwrite=overwrite, finetune=True)
+    # MMQ stage 2 with the ranker: the id+sid ranker and the tokenizer fine-tuned from that ranker
+    # (a tokenizer epoch, a ranker epoch, twice)
+    if stage2:
+        base = trained["id+sid"]
+        s2_cfg = dataclasses.replace(
+            cfg, ranker=dataclasses.replace(cfg.ranker, representation="id+sid", epochs=STAGE2_EPOCHS),
+            finetune=dataclasses.replace(cfg.finetune, init_from=base["best_model"]))
+        r2 = Pipeline(s2_cfg, show_progress=pipe.show_progress, log=lambda m: None).rank_train(
+            ds, out / "tokenizer", out / "ranker-id_sid-stage2", overwrite=overwrite, finetune=True)
         rankers[STAGE2_ROW], rank_minutes[STAGE2_ROW] = r2["best_model"], r2["train_seconds"] / 60
         s2 = r2["stage2"]
         log(f"[finetune] id+sid ranker and MMQ tokenizer fine-tuned {r2['epochs']} epochs from the id+sid ranker "
-            f"(validation {cfg.ranker.metric} {r[f'best_valid_{cfg.ranker.metric}']:.4f} -> "
+            f"(validation {cfg.ranker.metric} {base[f'best_valid_{cfg.ranker.metric}']:.4f} -> "
             f"{r2[f'best_valid_{cfg.ranker.metric}']:.4f}); {s2['changed_sids']['items']:.1%} of items changed SID, "
             f"collision rate {s2['before']['collision_rate']:.4f} -> {s2['after']['collision_rate']:.4f}")
 

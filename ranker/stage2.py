@@ -149,6 +149,7 @@ def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: MMQTokenizer,
     return Stage2Ranker(cfg, items, ft)
 
 
+REBUILT = {"items.sid_rows", "items.sid_keep", "items.counts"}  # buffers a ranker derives from its SIDs
 ARCHITECTURE = ("representation", "combine", "d_model", "num_layers", "num_heads", "max_history")
 
 
@@ -159,10 +160,9 @@ def warm_start(model: Stage2Ranker, plain: SequentialRanker) -> None:
     if diff:
         raise ValueError("init_from: the ranker differs from this configuration in "
                          + ", ".join(f"{k} ({getattr(plain.cfg, k)!r} vs {getattr(model.cfg, k)!r})" for k in diff))
-    rebuilt = {"items.sid_rows", "items.sid_keep", "items.counts"}
-    state = {k: v for k, v in plain.state_dict().items() if k not in rebuilt}
+    state = {k: v for k, v in plain.state_dict().items() if k not in REBUILT}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or {k for k in missing if not k.startswith("items.tokenizer.")} - rebuilt:
+    if unexpected or {k for k in missing if not k.startswith("items.tokenizer.")} - REBUILT:
         raise ValueError(f"init_from: the ranker's weights do not fit ({sorted(missing)[:3]}, {unexpected[:3]})")
 
 
@@ -243,10 +243,9 @@ def export(model: Stage2Ranker, item_ids: list[str], base: MMQTokenizer
     codes = items.hard_codes().cpu().numpy()
     table = SIDTable.from_codes(item_ids, codes, [items.codebook_size] * codes.shape[1])
     plain = build_ranker(model.cfg, table, items.counts.cpu().numpy())
-    rebuilt = {"items.sid_rows", "items.sid_keep", "items.counts"}
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("items.tokenizer.") and k not in rebuilt}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("items.tokenizer.") and k not in REBUILT}
     missing, unexpected = plain.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - rebuilt:
+    if unexpected or set(missing) - REBUILT:
         raise RuntimeError(f"stage-2 export: the plain ranker's weights differ ({missing}, {unexpected})")
     tok = copy.copy(base)
     tok.model, tok._log = copy.deepcopy(items.tokenizer).cpu().eval(), []
