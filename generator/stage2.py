@@ -21,7 +21,6 @@ generator); the model trains from scratch beside the tokenizer."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,16 @@ from mmq_rec.generator.objective import GeneratorLoss, causal_mask, decode_targe
 from mmq_rec.generator.train import GeneratorHooks
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.tokenizer.api import Tokenization, table_quality
+from mmq_rec.tokenizer.base import ItemTokenizer
 from mmq_rec.tokenizer.finetune import (
     TOKENIZER_DIR,
     FinetuneConfig,
     carry_rows,
     changed_share,
-    check_mmq,
+    check_tokenizer,
     restart_all,
     tokenizer_phase,
 )
-from mmq_rec.tokenizer.mmq import MMQModel, MMQTokenizer
 from mmq_rec.tokenizer.sid import SIDTable, disambiguate, quality
 
 
@@ -75,13 +74,13 @@ class SoftSIDGeneratorLoss(GeneratorLoss):
     moves everything; `item_tokens` holds the current hard SIDs (refreshed by `refresh`)."""
 
     def __init__(self, t5: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
-                 tokenizer_model: MMQModel, features: list[torch.Tensor], ft: FinetuneConfig):
+                 tokenizer_model: nn.Module, features: list[torch.Tensor], ft: FinetuneConfig):
         super().__init__(t5, codec.item_tokens, cfg.input_mode, True, False, cfg.item_id_embedding)
         self.tokenizer = tokenizer_model
         self.ft = ft
         self.item_ids = list(codec.table.item_ids)
         self.num_semantic = codec.table.num_semantic
-        self.codebook_size = tokenizer_model.cfg.codebook_size
+        self.codebook_size = tokenizer_model.codebook_size
         self.disambiguation = codec.table.codebook_sizes[-1]
         for i, x in enumerate(features):
             self.register_buffer(f"feature{i}", x, persistent=False)
@@ -155,17 +154,17 @@ class SoftSIDGeneratorLoss(GeneratorLoss):
 
 
 def build_stage2_loss(t5: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
-                      tokenizer: MMQTokenizer, modalities: dict[str, np.ndarray],
+                      tokenizer: ItemTokenizer, modalities: dict[str, np.ndarray],
                       ft: FinetuneConfig) -> SoftSIDGeneratorLoss:
     """The stage-2 loss module around a fresh `t5`, over a copy of `tokenizer`'s MMQ model reading
     the items' `modalities` (those it was fitted on); `codec` from `stage2_table`'s SIDs."""
-    check_mmq(tokenizer)
+    check_tokenizer(tokenizer)
     check_generator(cfg)
-    features = tokenizer._tensors(tokenizer._inputs(modalities))
-    return SoftSIDGeneratorLoss(t5, codec, cfg, copy.deepcopy(tokenizer.model).train(), features, ft)
+    features = tokenizer.finetune_features(modalities)
+    return SoftSIDGeneratorLoss(t5, codec, cfg, tokenizer.finetune_model(), features, ft)
 
 
-def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDCodec, tokenizer: MMQTokenizer,
+def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDCodec, tokenizer: ItemTokenizer,
                            modalities: dict[str, np.ndarray], base_quality: dict[str, Any],
                            titles: list[str] | None = None, quality_extra: dict[str, Any] | None = None,
                            seed: int = 0) -> tuple[GeneratorHooks, Callable[[], SIDTable | None]]:
@@ -175,7 +174,7 @@ def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDC
     the quality numbers, `quality_extra`, and under `stage2` the semantic quality before and after
     and the changed SIDs)."""
     base_codes = codec.table.codes[:, : codec.table.num_semantic]
-    k = tokenizer.model.cfg.codebook_size
+    k = tokenizer.codebook_sizes()[0]
     base_semantic = quality(base_codes, [k] * base_codes.shape[1])
     current: dict[str, Any] = {"table": None, "phase": None, "restarted": 0}
 
@@ -230,8 +229,7 @@ def stage2_generator_hooks(cfg: GeneratorConfig, ft: FinetuneConfig, codec: SIDC
         out_codec.item_embedding = net.item_embedding
         codes = table.codes[:, : table.num_semantic]
         natural = SIDTable.from_codes(table.item_ids, codes, [k] * codes.shape[1])  # for new generators
-        tok = copy.copy(tokenizer)
-        tok.model, tok._log = copy.deepcopy(net.tokenizer).cpu().eval(), []
+        tok = tokenizer.with_finetuned(net.tokenizer)
         report = {"before": base_semantic, "after": natural.quality(), "changed_sids": changed_share(base_codes, codes)}
         tq = {**base_quality, **table_quality(tok, natural, modalities), **(quality_extra or {}),
               "stage2": {**report, "finetune": vars(ft).copy(), "generator_step": info.get("step")}}

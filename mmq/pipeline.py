@@ -54,7 +54,7 @@ from mmq_rec.tokenizer.encoders import (
     encode_texts,
     item_texts,
 )
-from mmq_rec.tokenizer.mmq import MMQTokenizer
+from mmq_rec.tokenizer.finetune import check_tokenizer
 from mmq_rec.tokenizer.sid import SIDTable
 from mmq_rec.tokenizer.training import resolve_device
 
@@ -323,7 +323,7 @@ class Pipeline:
               overwrite: bool = False, finetune: bool = False) -> dict[str, Any]:
         """Train the generator on the training split, selecting on validation (a fixed sample of
         users). Rerunning with the same output directory resumes. `finetune`: MMQ stage 2
-        (`cfg.finetune`, see `mmq_rec.generator.stage2`), the MMQ tokenizer trained with the
+        (`cfg.finetune`, see `mmq_rec.generator.stage2`), the MMQ (or RQ-KMeans) tokenizer trained with the
         generator's loss; OUTPUT/best is then a generator on the re-derived SIDs and
         OUTPUT/best/tokenizer the fine-tuned tokenizer."""
         cfg = self.cfg
@@ -343,7 +343,7 @@ class Pipeline:
                 raise DataError("a warm start is built for the ranker's stage 2 only (mmq rank train --finetune)",
                                 field="finetune.init_from")
             mods, base, fingerprint_extra = self._stage2_inputs(ds, tokenizer_dir, tok, table)
-            k = tok.tokenizer.model.cfg.codebook_size
+            k = tok.tokenizer.codebook_sizes()[0]
             group = table.codebook_sizes[-1] if table.sid_length > table.num_semantic else 1
             table = stage2_table(ds.item_ids(), base, k, max(group, k))
             codec = SIDCodec(table, cfg.generator.input_mode)
@@ -384,11 +384,12 @@ class Pipeline:
 
     def _stage2_inputs(self, ds: RecDataset, tokenizer_dir: str | Path, tok: Tokenization, table: SIDTable
                        ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
-        """(the modalities an MMQ tokenizer reads, its stage-1 semantic codes, the fingerprint
+        """(the modalities a fine-tunable tokenizer reads, its stage-1 semantic codes, the fingerprint
         entries of a stage-2 run: its settings, the tokenizer's weights and the modalities)."""
-        if not isinstance(tok.tokenizer, MMQTokenizer):
-            raise DataError(f"stage 2 fine-tunes an MMQ tokenizer, this one is {tok.tokenizer.kind!r} "
-                            "(tokenize with --tokenize.tokenizer mmq)", path=tokenizer_dir)
+        try:
+            check_tokenizer(tok.tokenizer)
+        except ValueError as e:
+            raise DataError(str(e), path=tokenizer_dir) from None
         mods = self.modalities(ds, tok.quality.get("modalities") or None)
         base = table.codes[:, :table.num_semantic]
         if not np.array_equal(tok.tokenizer.encode(mods), base):
@@ -494,7 +495,7 @@ class Pipeline:
                    overwrite: bool = False, finetune: bool = False) -> dict[str, Any]:
         """Train the ranker (`cfg.ranker`) on the training split, every position a target, keeping
         the epoch best on validation (all validation users) in OUTPUT/best. Rerunning resumes.
-        `finetune`: MMQ stage 2 (`cfg.finetune`, see `mmq_rec.ranker.stage2`), the MMQ tokenizer
+        `finetune`: MMQ stage 2 (`cfg.finetune`, see `mmq_rec.ranker.stage2`), the MMQ (or RQ-KMeans) tokenizer
         trained with the ranker's loss; OUTPUT/best is then a ranker on the re-derived SIDs and
         OUTPUT/best/tokenizer the fine-tuned tokenizer."""
         cfg = self.cfg

@@ -22,7 +22,6 @@ the fine-tuned model's), and the fine-tuned tokenizer as its own directory."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +32,23 @@ from torch import nn
 from mmq_rec.ranker.model import ItemRepresentation, RankerConfig, SequentialRanker, build_ranker, save_ranker
 from mmq_rec.ranker.train import TrainingHooks
 from mmq_rec.tokenizer.api import Tokenization, table_quality
+from mmq_rec.tokenizer.base import ItemTokenizer
 from mmq_rec.tokenizer.finetune import (  # noqa: F401  (FinetuneConfig, tokenizer_phase: part of this module's API)
     TOKENIZER_DIR,
     FinetuneConfig,
     changed_share,
-    check_mmq,
+    check_tokenizer,
     restart_all,
     tokenizer_phase,
 )
 from mmq_rec.tokenizer.finetune import carry_rows as carry_sid_rows
-from mmq_rec.tokenizer.mmq import MMQTokenizer
 from mmq_rec.tokenizer.sid import SIDTable, quality
 
 
 def check_finetunable(cfg: RankerConfig, tokenizer: Any) -> None:
     """Stage 2 needs an MMQ tokenizer with equal codebooks and a ranker that reads SID tokens one
     table per position (`sid` or `id+sid`): a prefix row has no soft form."""
-    check_mmq(tokenizer)
+    check_tokenizer(tokenizer)
     if cfg.sid_part != "sid":
         raise ValueError(f"representation: stage 2 needs sid or id+sid, whose SID tokens have a soft form "
                          f"(got {cfg.representation!r})")
@@ -64,7 +63,7 @@ class SoftSIDItems(ItemRepresentation):
                  counts: np.ndarray, tau: float):
         with torch.no_grad():
             codes = tokenizer_model.quantize(features)[1].numpy()
-        k = tokenizer_model.cfg.codebook_size
+        k = tokenizer_model.codebook_size
         super().__init__(cfg, codes, [k] * codes.shape[1], counts)
         self.tokenizer = tokenizer_model
         self.tau = tau
@@ -132,7 +131,7 @@ class Stage2Ranker(SequentialRanker):
         return loss
 
 
-def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: MMQTokenizer, modalities: dict[str, np.ndarray],
+def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: ItemTokenizer, modalities: dict[str, np.ndarray],
                  counts: np.ndarray) -> Stage2Ranker:
     """A fresh ranker (seeded by `cfg.seed`) over a copy of `tokenizer`'s MMQ model, reading the
     items' `modalities` (the ones the tokenizer was fitted on, same dimensions)."""
@@ -141,11 +140,11 @@ def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: MMQTokenizer,
             np.asarray(modalities[m]).shape[1] != d for m, d in tokenizer.modality_dims.items()):
         got = {m: int(np.asarray(v).shape[1]) for m, v in modalities.items()}
         raise ValueError(f"modalities: the tokenizer was fitted on {tokenizer.modality_dims}, got {got}")
-    features = tokenizer._tensors(tokenizer._inputs(modalities))
+    features = tokenizer.finetune_features(modalities)
     if len(features[0]) != len(counts):
         raise ValueError(f"{len(counts)} item counts for {len(features[0])} items")
     torch.manual_seed(cfg.seed)
-    items = SoftSIDItems(cfg, copy.deepcopy(tokenizer.model).train(), features, counts, ft.tau)
+    items = SoftSIDItems(cfg, tokenizer.finetune_model(), features, counts, ft.tau)
     return Stage2Ranker(cfg, items, ft)
 
 
@@ -167,7 +166,7 @@ def warm_start(model: Stage2Ranker, plain: SequentialRanker) -> None:
 
 
 def stage2_hooks(model: Stage2Ranker, item_ids: list[str], modalities: dict[str, np.ndarray], base_codes: np.ndarray,
-                 tokenizer: MMQTokenizer, base_quality: dict[str, Any], titles: list[str] | None = None,
+                 tokenizer: ItemTokenizer, base_quality: dict[str, Any], titles: list[str] | None = None,
                  quality_extra: dict[str, Any] | None = None) -> TrainingHooks:
     """The training loop's hooks for stage 2 (see the module docstring). `base_codes`: the stage-1
     SIDs before disambiguation, against which changes are counted; `base_quality`: the stage-1
@@ -234,8 +233,8 @@ def carry_rows(items: SoftSIDItems, before: torch.Tensor, after: torch.Tensor) -
 
 
 @torch.no_grad()
-def export(model: Stage2Ranker, item_ids: list[str], base: MMQTokenizer
-           ) -> tuple[SequentialRanker, SIDTable, MMQTokenizer]:
+def export(model: Stage2Ranker, item_ids: list[str], base: ItemTokenizer
+           ) -> tuple[SequentialRanker, SIDTable, ItemTokenizer]:
     """(a plain ranker on the re-derived SIDs with the fine-tuned weights, its SID table, the
     fine-tuned tokenizer on the CPU: `base`, the stage-1 tokenizer, with the fine-tuned MMQ
     model). The plain ranker scores exactly as `model` does."""
@@ -247,6 +246,5 @@ def export(model: Stage2Ranker, item_ids: list[str], base: MMQTokenizer
     missing, unexpected = plain.load_state_dict(state, strict=False)
     if unexpected or set(missing) - REBUILT:
         raise RuntimeError(f"stage-2 export: the plain ranker's weights differ ({missing}, {unexpected})")
-    tok = copy.copy(base)
-    tok.model, tok._log = copy.deepcopy(items.tokenizer).cpu().eval(), []
+    tok = base.with_finetuned(items.tokenizer)
     return plain.to(model.device).train(model.training), table, tok

@@ -7,7 +7,7 @@ stage 2, beside RQ-KMeans SIDs -> benchmarks/stage2.md + .json (and, with --page
 KIND is one of
 - `ranker`, `generator`: the plain model trained on the tokenizer's SIDs;
 - `ranker-stage2:BASE`: MMQ stage 2 with the ranker, started from row BASE's ranker of the same seed
-  (`--finetune.init_from`; BASE must be a `ranker` row on the same MMQ tokenizer);
+  (`--finetune.init_from`; BASE must be a `ranker` row on the same MMQ or RQ-KMeans tokenizer);
 - `generator-stage2:BASE`: MMQ stage 2 with the generator (trained from scratch beside the
   tokenizer), compared with row BASE.
 Each row's words after the tokenizer directory are configuration overrides, added to the common

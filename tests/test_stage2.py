@@ -1,4 +1,5 @@
-"""MMQ stage 2 with the ranker: soft indexing, the fine-tuning loop, export, the command."""
+"""MMQ stage 2 with the ranker: soft indexing, the fine-tuning loop, export, the command; the same
+fine-tuning of RQ-KMeans's codebooks."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from mmq_rec.ranker.stage2 import (
 from mmq_rec.ranker.train import train_ranker
 from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
 from mmq_rec.tokenizer.api import Tokenization, format_quality, table_quality
+from mmq_rec.tokenizer.baselines import RQKMeansConfig, RQKMeansTokenizer
 from mmq_rec.tokenizer.mmq import MMQConfig, MMQTokenizer
 from mmq_rec.tokenizer.sid import SIDTable
 
@@ -112,7 +114,7 @@ def train(fitted, tmp_path, ft: FinetuneConfig, epochs: int, seed: int = 0):
         return {"ndcg@10": float(next(CALLS))}
 
     base_quality = {**table_quality(tok, table, mods), "wall_time_s": 1.0}
-    hooks = stage2_hooks(model, table.item_ids, mods, table.codes[:, :L], tok, base_quality)
+    hooks = stage2_hooks(model, table.item_ids, mods, table.codes[:, :table.num_semantic], tok, base_quality)
     state = train_ranker(model, windows, targets, table, validate, tmp_path, {"seed": seed}, False, "cpu",
                          lambda s: None, hooks=hooks)
     return model, state
@@ -187,6 +189,36 @@ def test_same_seed_same_sids(fitted, tmp_path):
     assert (tmp_path / "a" / "best" / "sid_table.json").read_text() == (tmp_path / "b" / "best" / "sid_table.json").read_text()
 
 
+@pytest.fixture(scope="module", params=["fused", "separate"])
+def fitted_rqk(request, fitted):
+    _, mods, _, counts = fitted
+    tok = RQKMeansTokenizer(RQKMeansConfig(mode=request.param, levels=2, codebook_size=5, niter=5)).fit(mods)
+    table = SIDTable.from_codes([f"i{i}" for i in range(N)], tok.encode(mods), tok.codebook_sizes())
+    return tok, mods, table, counts
+
+
+def test_rqkmeans_codebooks_fine_tune_like_mmq(fitted_rqk, tmp_path):
+    """The fine-tuning ports to RQ-KMeans: its centroids become trainable codebooks whose hard codes
+    are RQ-KMeans's, the ranker's loss reaches every level, and the export gives a tokenizer whose
+    encode is the new table."""
+    tok, mods, table, counts = fitted_rqk
+    length = table.num_semantic
+    model = build_stage2(cfg(), FinetuneConfig(tau=0.5, alpha=0.0, beta=0.0), tok, mods, counts)
+    ind = model.items.soft_indices()
+    hard = torch.nn.functional.one_hot(torch.as_tensor(table.codes[:, :length]), 5).float()
+    assert ind.shape == (N, length, 5) and torch.allclose(ind, hard, atol=1e-6)
+    model.loss(HIST, torch.where(HIST >= 0, (HIST + 1) % N, -1)).backward()
+    assert all(level.weight.grad.abs().sum() > 0 for q in model.items.tokenizer.quantizers for level in q.levels)
+    model, state = train(fitted_rqk, tmp_path / "run", FinetuneConfig(schedule="joint", tau=0.3, tokenizer_lr=0.3),
+                         epochs=3)
+    plain, new_table, new_tok = export(model, table.item_ids, tok)
+    assert new_table.is_unique() and new_tok.kind == "rqkmeans"
+    assert state["history"][-1]["changed_sids"] > 0, "three epochs at a high tokenizer lr move some items"
+    saved = Tokenization.from_pretrained(tmp_path / "run" / "best" / "tokenizer")
+    assert np.array_equal(saved.tokenizer.encode(mods), saved.table.codes[:, :length])
+    assert np.array_equal(tok.encode(mods), table.codes[:, :length]), "the stage-1 tokenizer is left as it was"
+
+
 def test_finetune_command(tmp_path, capsys):
     synthetic_catalogue(SyntheticConfig(num_items=120, num_users=150, num_topics=5, seed=0)).save(tmp_path / "ds")
     tok = ["tokenize", "--dataset", str(tmp_path / "ds"), "--modalities", "text", "--json", "--encode.cache_dir", ""]
@@ -239,7 +271,7 @@ def test_finetune_command(tmp_path, capsys):
     # one-line errors: not an MMQ tokenizer; a representation without a soft form
     assert main([*run, "--tokenizer-dir", str(tmp_path / "rtok"), "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "MMQ tokenizer" in err and "'random'" in err and len(err.splitlines()) == 1
+    assert "MMQ or RQ-KMeans tokenizer" in err and "'random'" in err and len(err.splitlines()) == 1
     assert main([*run, "--tokenizer-dir", str(tmp_path / "tok"), "--output", str(tmp_path / "y"),
                  "--ranker.representation", "sid_prefix"]) == 2
     assert "ranker.representation" in capsys.readouterr().err

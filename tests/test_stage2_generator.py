@@ -17,6 +17,7 @@ from mmq_rec.generator.train import TrainConfig, train_generator
 from mmq_rec.recdata.errors import DataError
 from mmq_rec.recdata.synthetic import SyntheticConfig, synthetic_catalogue
 from mmq_rec.tokenizer.api import Tokenization, table_quality
+from mmq_rec.tokenizer.baselines import RQKMeansConfig, RQKMeansTokenizer
 from mmq_rec.tokenizer.finetune import FinetuneConfig
 from mmq_rec.tokenizer.mmq import MMQConfig, MMQTokenizer
 
@@ -120,6 +121,27 @@ def test_finetuning_exports_a_generator_and_tokenizer_that_agree(fitted, tmp_pat
     items, _ = rec.rank(HIST, k=10, beam_width=10)
     assert (items >= 0).all() and (items < N).all()
     assert all(len(set(r.tolist())) == len(r) for r in items)
+
+
+def test_rqkmeans_codebooks_fine_tune_with_the_generator(fitted, tmp_path):
+    """The generator's stage 2 ports to RQ-KMeans: the soft loss is the plain one, it reaches every
+    codebook level, and the exported tokenizer gives the generator's SIDs."""
+    _, mods, _ = fitted
+    tok = RQKMeansTokenizer(RQKMeansConfig(levels=2, codebook_size=K, niter=5)).fit(mods)
+    table = stage2_table([f"i{i}" for i in range(N)], tok.encode(mods), K, K)
+    codec, cfg = SIDCodec(table, "item"), gcfg()
+    torch.manual_seed(0)
+    net = build_stage2_loss(build_model(codec.vocab, cfg), codec, cfg, tok, mods, FinetuneConfig(alpha=0, beta=0))
+    soft = net(HIST, TGT)
+    assert torch.allclose(soft, GeneratorLoss(net.t5, codec.item_tokens, "item", True, False, False)(HIST, TGT), atol=1e-5)
+    soft.backward()
+    assert all(level.weight.grad.abs().sum() > 0 for level in net.tokenizer.quantizers[0].levels)
+    state, last = finetune((tok, mods, table), tmp_path / "run", FinetuneConfig(schedule="joint", tau=0.3,
+                                                                                 tokenizer_lr=0.05))
+    saved = Tokenization.from_pretrained(tmp_path / "run" / "best" / "tokenizer")
+    assert saved.tokenizer.kind == "rqkmeans"
+    assert np.array_equal(saved.tokenizer.encode(mods), last.codes[:, :last.num_semantic])
+    assert state["history"][-1]["changed_sids"] > 0, "a high tokenizer lr moves some items"
 
 
 def test_alternating_freezes_one_side_per_epoch(fitted, tmp_path):

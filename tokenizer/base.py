@@ -116,6 +116,21 @@ class ItemTokenizer(ABC):
     def training_log(self) -> list[dict[str, float]]:
         return getattr(self, "_log", [])
 
+    # ------------------------------------------------------------------ stage 2
+    # Tokenizers whose codes come from trainable codebooks (MMQ, RQ-KMeans) can be fine-tuned by
+    # a downstream model (`mmq_rec.tokenizer.finetune`); the others refuse.
+    def finetune_model(self) -> torch.nn.Module:
+        """A trainable copy of the model that gives the codes (see `tokenizer.finetune`)."""
+        raise ValueError(f"stage 2 cannot fine-tune a {self.kind!r} tokenizer")
+
+    def finetune_features(self, modalities: Modalities) -> list[torch.Tensor]:
+        """The inputs `finetune_model()` reads (standardised), one tensor per input group."""
+        raise ValueError(f"stage 2 cannot fine-tune a {self.kind!r} tokenizer")
+
+    def with_finetuned(self, model: torch.nn.Module) -> ItemTokenizer:
+        """A copy of this tokenizer that gives the fine-tuned `model`'s codes."""
+        raise ValueError(f"stage 2 cannot fine-tune a {self.kind!r} tokenizer")
+
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.standardizer.tensors() if self.standardizer else {}

@@ -10,6 +10,7 @@ Both run `fused` (MA: concatenate the standardised modalities, then quantize) or
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,21 @@ class RQVAETokenizer(ItemTokenizer):
         n_groups = 1 if self.config.mode == "fused" else max(len(self.modality_dims), 1)
         return [self.config.codebook_size] * (self.config.levels * n_groups)
 
+    def finetune_model(self) -> RQKMeansModel:
+        if not self.centroids:
+            raise RuntimeError("RQKMeansTokenizer is not fitted")
+        return RQKMeansModel(self.centroids).train()
+
+    def finetune_features(self, modalities: Modalities) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                for x in _groups(self.config.mode, self._inputs(modalities)).values()]
+
+    def with_finetuned(self, model: RQKMeansModel) -> RQKMeansTokenizer:
+        tok = copy.copy(self)
+        tok.centroids = {n: [level.weight.detach().cpu().numpy().copy() for level in rq.levels]
+                         for n, rq in zip(model.names, model.quantizers, strict=True)}
+        return tok
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = super().state_tensors()
         for n, m in self.models.items():
@@ -208,6 +224,55 @@ class RQKMeansConfig:
     def __post_init__(self) -> None:
         _check_mode(self.mode)
         _check_at_least(self, 1, "levels", "codebook_size", "niter")
+
+
+class RQKMeansModel(nn.Module):
+    """RQ-KMeans's centroids as trainable codebooks, so that MMQ's stage 2 can fine-tune RQ-KMeans
+    SIDs too (the same soft indexing and losses): one L2 residual quantizer per input group (`fused`: one), started from the
+    k-means centroids, so its codes are RQ-KMeans's. The interface stage 2 reads, as `MMQModel`'s:
+    `names`, `codebook_size`, `quantizers`, `expert_latents` (the standardised inputs themselves:
+    nothing precedes the codebooks), `quantize`, `soft_indices` and `losses` (`recon`: the MSE of
+    the residual reconstruction, the k-means objective, through which the codewords train; `aux`: 0).
+
+    A squared distance grows with the input's dimension, so soft indexing scores a codeword by the
+    squared distance per dimension: `tau` then means the same at any width."""
+
+    def __init__(self, books: dict[str, list[np.ndarray]]):
+        super().__init__()
+        self.names = list(books)
+        self.codebook_size = int(len(next(iter(books.values()))[0]))
+        self.quantizers = nn.ModuleList()
+        for levels in books.values():
+            rq = ResidualQuantizer(self.codebook_size, int(levels[0].shape[1]), len(levels), distance="l2")
+            for level, c in zip(rq.levels, levels, strict=True):
+                level.init_from(c)
+            self.quantizers.append(rq)
+
+    def expert_latents(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(xs)
+
+    def quantize(self, xs: list[torch.Tensor], latents: list[torch.Tensor] | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(straight-through quantized inputs per group, (B, L) codes, VQ loss)."""
+        out = [rq(x) for rq, x in zip(self.quantizers, xs, strict=True)]
+        return [o[0] for o in out], torch.cat([o[1] for o in out], dim=1), sum(o[2] for o in out)
+
+    def soft_indices(self, latents: list[torch.Tensor], tau: float) -> torch.Tensor:
+        """(B, L, K) soft one-hots of the SID positions (see `MMQModel.soft_indices`)."""
+        return torch.cat([rq.soft_index(z, tau, scale=1.0 / z.shape[-1])
+                          for rq, z in zip(self.quantizers, latents, strict=True)], dim=1)
+
+    def losses(self, xs: list[torch.Tensor], latents: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        recon, codes = xs[0].new_zeros(()), []
+        for rq, x in zip(self.quantizers, xs, strict=True):
+            residual, total = x, torch.zeros_like(x)
+            for level in rq.levels:
+                c = level.scores(residual).argmax(-1)
+                e = level.codewords()[c]
+                total, residual = total + e, residual - e.detach()
+                codes.append(c)
+            recon = recon + F.mse_loss(total, x)
+        return {"recon": recon / len(xs), "aux": xs[0].new_zeros(()), "codes": torch.stack(codes, dim=1)}
 
 
 class RQKMeansTokenizer(ItemTokenizer):
@@ -249,6 +314,21 @@ class RQKMeansTokenizer(ItemTokenizer):
     def codebook_sizes(self) -> list[int]:
         n_groups = 1 if self.config.mode == "fused" else max(len(self.modality_dims), 1)
         return [self.config.codebook_size] * (self.config.levels * n_groups)
+
+    def finetune_model(self) -> RQKMeansModel:
+        if not self.centroids:
+            raise RuntimeError("RQKMeansTokenizer is not fitted")
+        return RQKMeansModel(self.centroids).train()
+
+    def finetune_features(self, modalities: Modalities) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                for x in _groups(self.config.mode, self._inputs(modalities)).values()]
+
+    def with_finetuned(self, model: RQKMeansModel) -> RQKMeansTokenizer:
+        tok = copy.copy(self)
+        tok.centroids = {n: [level.weight.detach().cpu().numpy().copy() for level in rq.levels]
+                         for n, rq in zip(model.names, model.quantizers, strict=True)}
+        return tok
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = super().state_tensors()

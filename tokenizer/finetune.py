@@ -1,5 +1,10 @@
 """MMQ stage 2 settings and helpers shared by every downstream model that fine-tunes the MMQ
-tokenizer (the generator: `generator/stage2.py`; the ranker: `ranker/stage2.py`)."""
+tokenizer (the generator: `generator/stage2.py`; the ranker: `ranker/stage2.py`).
+
+The same fine-tuning applies to RQ-KMeans: a tokenizer is fine-tunable when its
+`finetune_model()` gives a module with `names`, `codebook_size`, `quantizers` (residual
+quantizers), `expert_latents`, `quantize`, `soft_indices` and `losses` (`MMQModel`,
+`RQKMeansModel`), `finetune_features()` its inputs, and `with_finetuned()` the tokenizer back."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmq_rec.tokenizer.mmq import MMQModel, MMQTokenizer, restart_dead
+from mmq_rec.tokenizer.mmq import MMQModel, restart_dead
 
 SCHEDULES = ("joint", "alternating")
 TOKENIZER_DIR = "tokenizer"
@@ -52,10 +57,15 @@ class FinetuneConfig:
             raise ValueError(f"tokenizer_lr: must be > 0 (got {self.tokenizer_lr!r})")
 
 
-def check_mmq(tokenizer: Any) -> None:
-    if not isinstance(tokenizer, MMQTokenizer) or tokenizer.model is None:
-        kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
-        raise ValueError(f"stage 2 fine-tunes an MMQ tokenizer (this one is {kind!r}): tokenize with --tokenizer mmq")
+FINETUNABLE = ("mmq", "rqkmeans")
+"""Tokenizer kinds whose codes come from trainable codebooks."""
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
+    if kind not in FINETUNABLE:
+        raise ValueError(f"stage 2 fine-tunes an MMQ or RQ-KMeans tokenizer (this one is {kind!r}): "
+                         "tokenize with --tokenizer mmq or rqkmeans")
 
 
 def tokenizer_phase(ft: FinetuneConfig, epoch: int) -> bool:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,6 +112,10 @@ class MMQModel(nn.Module):
                                         for _ in range(n_experts))
         self.decoder = mlp(z, h, concat)
         self.aux_decoders = nn.ModuleDict({m: mlp(z, h, d) for m, d in dims.items()})
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
 
     def expert_latents(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Continuous outputs of every expert, in SID order (shared, then each modality's)."""
@@ -254,6 +259,17 @@ class MMQTokenizer(ItemTokenizer):
             out[m] = rec[:, start:start + d]
             start += d
         return out
+
+    def finetune_model(self) -> MMQModel:
+        return copy.deepcopy(self._require_model()).train()
+
+    def finetune_features(self, modalities: Modalities) -> list[torch.Tensor]:
+        return self._tensors(self._inputs(modalities))
+
+    def with_finetuned(self, model: MMQModel) -> MMQTokenizer:
+        tok = copy.copy(self)
+        tok.model, tok._log = copy.deepcopy(model).cpu().eval(), []
+        return tok
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), **{f"model.{k}": v for k, v in self._require_model().state_dict().items()}}

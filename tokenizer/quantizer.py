@@ -45,10 +45,10 @@ class Codebook(nn.Module):
         loss = F.mse_loss(e, zp.detach()) + self.commitment * F.mse_loss(zp, e.detach())
         return zp + (e - zp).detach(), codes, loss
 
-    def soft_index(self, z: torch.Tensor, tau: float) -> torch.Tensor:
-        """(B, K) one-hot in the forward pass whose gradient is that of softmax(scores / tau)."""
+    def soft_index(self, z: torch.Tensor, tau: float, scale: float = 1.0) -> torch.Tensor:
+        """(B, K) one-hot in the forward pass whose gradient is that of softmax(scale * scores / tau)."""
         scores = self.scores(z)
-        soft = torch.softmax(scores / tau, dim=-1)
+        soft = torch.softmax(scale * scores / tau, dim=-1)
         hard = F.one_hot(scores.argmax(dim=-1), self.size).to(soft.dtype)  # the codes `forward` gives
         return soft + (hard - soft).detach()
 
@@ -97,14 +97,14 @@ class ResidualQuantizer(nn.Module):
             loss = loss + level_loss
         return target + (quantized - target).detach(), torch.stack(codes, dim=1), loss
 
-    def soft_index(self, z: torch.Tensor, tau: float) -> torch.Tensor:
+    def soft_index(self, z: torch.Tensor, tau: float, scale: float = 1.0) -> torch.Tensor:
         """(B, depth, K) soft one-hots, level by level: each level's on the residual its hard
         codewords leave (the forward pass is the hard codes' exactly; gradients flow through the
-        softmax of every level into `z` and the codewords)."""
+        softmax of every level into `z` and the codewords). `scale` multiplies the scores."""
         residual = self.levels[0].prepare(z)
         out = []
         for level in self.levels:
-            ind = level.soft_index(residual, tau)
+            ind = level.soft_index(residual, tau, scale)
             out.append(ind)
             residual = residual - ind @ level.codewords()
         return torch.stack(out, dim=1)
