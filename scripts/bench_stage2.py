@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--work", required=True, help="directory for the training runs (reused when rerun)")
     ap.add_argument("--row", action="append", required=True, help="'NAME=KIND TOKENIZER_DIR [OVERRIDES]'")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--single-seed-rows", nargs="+", default=[], metavar="NAME",
+                    help="rows run at the first seed only (e.g. 40-minute generators)")
     ap.add_argument("--out", default=str(HERE / "benchmarks" / "stage2"))
     ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
@@ -63,12 +65,20 @@ def main() -> None:
     for r in rows.values():
         if r["base"] and (r["base"] not in rows or rows[r["base"]]["kind"] != r["kind"].split("-")[0]):
             sys.exit(f"bench_stage2: --row {r['name']}: BASE must name a {r['kind'].split('-')[0]} row")
+        if r["kind"] == "ranker-stage2" and r["base"] in args.single_seed_rows and r["name"] not in args.single_seed_rows:
+            sys.exit(f"bench_stage2: --row {r['name']} starts from {r['base']}, which runs one seed: list it in "
+                     "--single-seed-rows too")
+    unknown = set(args.single_seed_rows) - set(rows)
+    if unknown:
+        sys.exit(f"bench_stage2: --single-seed-rows: no such row: {', '.join(sorted(unknown))}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     work = Path(args.work)
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:  # every row's first seed before any row's second
         for name, r in rows.items():
+            if seed != args.seeds[0] and name in args.single_seed_rows:
+                continue
             out = work / f"{name}-s{seed}"
             extra = []
             if r["kind"] == "ranker-stage2":

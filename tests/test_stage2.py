@@ -268,7 +268,16 @@ def test_finetune_command(tmp_path, capsys):
     assert main([*warm[:-1], str(tmp_path / "pr" / "best"), "--output", str(tmp_path / "w3")]) == 2
     err = capsys.readouterr().err
     assert "not trained on the tokenizer's SIDs" in err and len(err.splitlines()) == 1
-    # one-line errors: not an MMQ tokenizer; a representation without a soft form
+    # an RQ-KMeans tokenizer is fine-tuned the same way
+    assert main([*tok, "--tokenizer", "rqkmeans", "--output", str(tmp_path / "qtok"), "--tokenize.rqkmeans.levels", "2",
+                 "--tokenize.rqkmeans.codebook_size", "8"]) == 0
+    capsys.readouterr()
+    assert main([*run[:run.index("--ranker.epochs")], "--ranker.epochs", "2", *run[run.index("--ranker.epochs") + 2:],
+                 "--tokenizer-dir", str(tmp_path / "qtok"), "--finetune.tau", "0.03", "--finetune.schedule", "joint",
+                 "--output", str(tmp_path / "q")]) == 0
+    assert "stage 2:" in capsys.readouterr().out
+    assert Tokenization.from_pretrained(tmp_path / "q" / "best" / "tokenizer").tokenizer.kind == "rqkmeans"
+    # one-line errors: not an MMQ or RQ-KMeans tokenizer; a representation without a soft form
     assert main([*run, "--tokenizer-dir", str(tmp_path / "rtok"), "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "MMQ or RQ-KMeans tokenizer" in err and "'random'" in err and len(err.splitlines()) == 1
