@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmq_rec.config import MODALITIES, Config, fingerprint_view, load_config, to_dict, to_yaml
+from mmq_rec.config import MODALITIES, Config, fingerprint_view, load_config, to_dict, to_yaml, updated
 from mmq_rec.eval.baselines import knn_rankings, popularity_rankings
 from mmq_rec.eval.buckets import PopularityBuckets, popularity_buckets
 from mmq_rec.eval.metrics import evaluate_rankings
@@ -296,9 +296,14 @@ class Pipeline:
     def buckets(self, ds: RecDataset) -> PopularityBuckets:
         return popularity_buckets(self.split(ds).train_sequences, ds.num_items, self.cfg.eval.buckets)
 
-    def modalities(self, ds: RecDataset, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        needs_split = "collaborative" in (names or self.cfg.encode.modalities)
-        return build_modalities(ds, self.cfg, self.split(ds) if needs_split else None, ds.meta.get("path"),
+    def modalities(self, ds: RecDataset, names: Sequence[str] | None = None,
+                   seed: int | None = None) -> dict[str, np.ndarray]:
+        """The items' modality matrices (`names`, default `encode.modalities`); `seed`: build them
+        as a run with that top-level seed would (the seeded encoders follow it), e.g. a
+        tokenizer's own seed."""
+        cfg = self.cfg if seed is None or seed == self.cfg.seed else updated(self.cfg, {"seed": seed})
+        needs_split = "collaborative" in (names or cfg.encode.modalities)
+        return build_modalities(ds, cfg, self.split(ds) if needs_split else None, ds.meta.get("path"),
                                 self.show_progress, names)
 
     # ------------------------------------------------------------------ stage 1: item tokenizer
@@ -390,7 +395,9 @@ class Pipeline:
             check_tokenizer(tok.tokenizer)
         except ValueError as e:
             raise DataError(str(e), path=tokenizer_dir) from None
-        mods = self.modalities(ds, tok.quality.get("modalities") or None)
+        # the modalities the tokenizer was fitted on: the seeded encoders followed its seed, which
+        # a stage-2 run with another seed (e.g. seeds 1 and 2 of a benchmark) must not change
+        mods = self.modalities(ds, tok.quality.get("modalities") or None, seed=getattr(tok.tokenizer.config, "seed", None))
         base = table.codes[:, :table.num_semantic]
         if not np.array_equal(tok.tokenizer.encode(mods), base):
             raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "

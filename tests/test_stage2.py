@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmq_rec import pipeline as pipeline_module
 from mmq_rec.cli import main
 from mmq_rec.ranker import RankerConfig, build_ranker, load_ranker
 from mmq_rec.ranker.stage2 import (
@@ -219,7 +220,7 @@ def test_rqkmeans_codebooks_fine_tune_like_mmq(fitted_rqk, tmp_path):
     assert np.array_equal(tok.encode(mods), table.codes[:, :length]), "the stage-1 tokenizer is left as it was"
 
 
-def test_finetune_command(tmp_path, capsys):
+def test_finetune_command(tmp_path, capsys, monkeypatch):
     synthetic_catalogue(SyntheticConfig(num_items=120, num_users=150, num_topics=5, seed=0)).save(tmp_path / "ds")
     tok = ["tokenize", "--dataset", str(tmp_path / "ds"), "--modalities", "text", "--json", "--encode.cache_dir", ""]
     assert main([*tok, "--tokenizer", "mmq", "--output", str(tmp_path / "tok"), "--tokenize.mmq.codebook_size", "8",
@@ -268,13 +269,20 @@ def test_finetune_command(tmp_path, capsys):
     assert main([*warm[:-1], str(tmp_path / "pr" / "best"), "--output", str(tmp_path / "w3")]) == 2
     err = capsys.readouterr().err
     assert "not trained on the tokenizer's SIDs" in err and len(err.splitlines()) == 1
-    # an RQ-KMeans tokenizer is fine-tuned the same way
-    assert main([*tok, "--tokenizer", "rqkmeans", "--output", str(tmp_path / "qtok"), "--tokenize.rqkmeans.levels", "2",
+    # an RQ-KMeans tokenizer is fine-tuned the same way, at another seed than it was fitted with
+    # (the seeded attribute encoder is rebuilt with the tokenizer's seed)
+    assert main([*tok[:tok.index("text") + 1], "attributes", *tok[tok.index("text") + 1:], "--tokenizer", "rqkmeans",
+                 "--output", str(tmp_path / "qtok"), "--tokenize.rqkmeans.levels", "2",
                  "--tokenize.rqkmeans.codebook_size", "8"]) == 0
     capsys.readouterr()
+    seeds = []
+    build = pipeline_module.build_modalities
+    monkeypatch.setattr(pipeline_module, "build_modalities",
+                        lambda ds, c, *a, **k: seeds.append(c.encode.attributes.seed) or build(ds, c, *a, **k))
     assert main([*run[:run.index("--ranker.epochs")], "--ranker.epochs", "2", *run[run.index("--ranker.epochs") + 2:],
                  "--tokenizer-dir", str(tmp_path / "qtok"), "--finetune.tau", "0.03", "--finetune.schedule", "joint",
-                 "--output", str(tmp_path / "q")]) == 0
+                 "--seed", "1", "--output", str(tmp_path / "q")]) == 0
+    assert seeds and set(seeds) == {0}
     assert "stage 2:" in capsys.readouterr().out
     assert Tokenization.from_pretrained(tmp_path / "q" / "best" / "tokenizer").tokenizer.kind == "rqkmeans"
     # one-line errors: not an MMQ or RQ-KMeans tokenizer; a representation without a soft form
