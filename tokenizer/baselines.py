@@ -178,21 +178,6 @@ class RQVAETokenizer(ItemTokenizer):
         n_groups = 1 if self.config.mode == "fused" else max(len(self.modality_dims), 1)
         return [self.config.codebook_size] * (self.config.levels * n_groups)
 
-    def finetune_model(self) -> RQKMeansModel:
-        if not self.centroids:
-            raise RuntimeError("RQKMeansTokenizer is not fitted")
-        return RQKMeansModel(self.centroids).train()
-
-    def finetune_features(self, modalities: Modalities) -> list[torch.Tensor]:
-        return [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-                for x in _groups(self.config.mode, self._inputs(modalities)).values()]
-
-    def with_finetuned(self, model: RQKMeansModel) -> RQKMeansTokenizer:
-        tok = copy.copy(self)
-        tok.centroids = {n: [level.weight.detach().cpu().numpy().copy() for level in rq.levels]
-                         for n, rq in zip(model.names, model.quantizers, strict=True)}
-        return tok
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = super().state_tensors()
         for n, m in self.models.items():
@@ -228,11 +213,12 @@ class RQKMeansConfig:
 
 class RQKMeansModel(nn.Module):
     """RQ-KMeans's centroids as trainable codebooks, so that MMQ's stage 2 can fine-tune RQ-KMeans
-    SIDs too (the same soft indexing and losses): one L2 residual quantizer per input group (`fused`: one), started from the
-    k-means centroids, so its codes are RQ-KMeans's. The interface stage 2 reads, as `MMQModel`'s:
-    `names`, `codebook_size`, `quantizers`, `expert_latents` (the standardised inputs themselves:
-    nothing precedes the codebooks), `quantize`, `soft_indices` and `losses` (`recon`: the MSE of
-    the residual reconstruction, the k-means objective, through which the codewords train; `aux`: 0).
+    SIDs too (the same soft indexing and losses): one L2 residual quantizer per input group
+    (`fused`: one), started from the k-means centroids, so its codes are RQ-KMeans's. The interface
+    stage 2 reads, as `MMQModel`'s: `names`, `codebook_size`, `quantizers`, `expert_latents` (the
+    standardised inputs themselves: nothing precedes the codebooks), `quantize`, `soft_indices` and
+    `losses` (`recon`: the MSE of the residual reconstruction, the k-means objective, through which
+    the codewords train; `aux`: 0).
 
     A squared distance grows with the input's dimension, so soft indexing scores a codeword by the
     squared distance per dimension: `tau` then means the same at any width."""
