@@ -374,13 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/generator); rerun to resume")
     sp.add_argument("--finetune", action="store_true",
-                    help="MMQ stage 2: train the MMQ (or RQ-KMeans) tokenizer with the generator's loss (finetune.* settings; item "
-                         "input mode); the fine-tuned tokenizer goes to OUTPUT/best/tokenizer")
+                    help="MMQ stage 2: train the MMQ (or RQ-KMeans) tokenizer with the generator's loss "
+                         "(finetune.* settings; item input mode); the fine-tuned tokenizer goes to "
+                         "OUTPUT/best/tokenizer")
     overwrite(sp)
     device(sp)
 
     sp = add("finetune", _finetune, "MMQ stage 2: train an MMQ or RQ-KMeans tokenizer with a downstream model's "
-                                    "loss (soft indexing); the same as `mmq train --finetune` or `mmq rank train --finetune`.")
+                                    "loss (soft indexing); the same as `mmq train --finetune` or "
+                                    "`mmq rank train --finetune`.")
     sp.add_argument("--dataset", help="prepared dataset directory")
     sp.add_argument("--tokenizer-dir", required=True, help="an MMQ or RQ-KMeans tokenizer (output of `mmq tokenize`)")
     sp.add_argument("--for", dest="for_", required=True, choices=("generator", "ranker"),
@@ -426,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokenizer-dir", required=True, help="output of `mmq tokenize` for this dataset")
     sp.add_argument("--output", help="run directory (default: OUTPUT_DIR/ranker); rerun to resume")
     sp.add_argument("--finetune", action="store_true",
-                    help="MMQ stage 2: train the MMQ (or RQ-KMeans) tokenizer with the ranker's loss (finetune.* settings; "
-                         "representation sid or id+sid); the fine-tuned tokenizer goes to OUTPUT/best/tokenizer")
+                    help="MMQ stage 2: train the MMQ (or RQ-KMeans) tokenizer with the ranker's loss "
+                         "(finetune.* settings; representation sid or id+sid); the fine-tuned tokenizer goes to "
+                         "OUTPUT/best/tokenizer")
     overwrite(sp)
     device(sp)
 
