@@ -11,7 +11,8 @@ KIND is one of
 - `generator-stage2:BASE`: MMQ stage 2 with the generator (trained from scratch beside the
   tokenizer), compared with row BASE.
 Each row's words after the tokenizer directory are configuration overrides, added to the common
-OVERRIDES. Every run lives in WORK_DIR/NAME-s<seed> and is reused or resumed when rerun. Every run is
+OVERRIDES. Every run lives in WORK_DIR/NAME-s<seed> and is reused or resumed when rerun
+(`--stopped-rows`: ranker runs taken as they stand, those stopped before early stopping marked so). Every run is
 evaluated on the validation and the test split (all users, full catalogue); a stage-2 row's gain
 over its base is judged on validation, and the test column is reported beside it."""
 
@@ -58,6 +59,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--single-seed-rows", nargs="+", default=[], metavar="NAME",
                     help="rows run at the first seed only (e.g. 40-minute generators)")
+    ap.add_argument("--stopped-rows", nargs="+", default=[], metavar="NAME",
+                    help="ranker rows whose runs are evaluated as they stand (their best epoch so far), not "
+                         "trained further: runs stopped by hand, marked so in the page")
     ap.add_argument("--out", default=str(HERE / "benchmarks" / "stage2"))
     ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
@@ -68,9 +72,12 @@ def main() -> None:
         if r["kind"] == "ranker-stage2" and r["base"] in args.single_seed_rows and r["name"] not in args.single_seed_rows:
             sys.exit(f"bench_stage2: --row {r['name']} starts from {r['base']}, which runs one seed: list it in "
                      "--single-seed-rows too")
-    unknown = set(args.single_seed_rows) - set(rows)
-    if unknown:
-        sys.exit(f"bench_stage2: --single-seed-rows: no such row: {', '.join(sorted(unknown))}")
+    for opt in ("single_seed_rows", "stopped_rows"):
+        unknown = set(getattr(args, opt)) - set(rows)
+        if unknown:
+            sys.exit(f"bench_stage2: --{opt.replace('_', '-')}: no such row: {', '.join(sorted(unknown))}")
+    if any(not rows[n]["kind"].startswith("ranker") for n in args.stopped_rows):
+        sys.exit("bench_stage2: --stopped-rows: ranker rows only")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     work = Path(args.work)
@@ -89,7 +96,15 @@ def main() -> None:
             log(f"== {name} ({r['kind']}), seed {seed} -> {out}")
             finetune = r["kind"].endswith("stage2")
             ranker = r["kind"].startswith("ranker")
-            trained = (pipe.rank_train if ranker else pipe.train)(ds, r["tokenizer"], out, finetune=finetune)
+            stopped = None
+            if name in args.stopped_rows:  # evaluated as it stands: its best epoch so far
+                state = read_json(out / "checkpoint" / "state.json")
+                trained = {"train_seconds": state["train_seconds"], "best_model": str(out / "best")}
+                rc = pipe.cfg.ranker
+                if state["bad_epochs"] < rc.patience and state["epoch"] < rc.epochs:  # not finished by itself
+                    stopped = {"epochs": state["epoch"], "best_epoch": state["best_epoch"]}
+            else:
+                trained = (pipe.rank_train if ranker else pipe.train)(ds, r["tokenizer"], out, finetune=finetune)
             evaluate = pipe.rank_evaluate if ranker else pipe.evaluate
             res = {s: evaluate(ds, out / "best", split_name=s) for s in ("valid", "test")}
             minutes = trained["train_seconds"] / 60
@@ -100,7 +115,7 @@ def main() -> None:
                 "valid": res["valid"]["metrics"], "test": res["test"]["metrics"],
                 "users_per_second": res["test"].get("users_per_second"),
                 "tokenizer": q.get("tokenizer"), "sid_length": q.get("sid_length"),
-                "stage2": q.get("stage2")})
+                "stage2": q.get("stage2"), "stopped_by_hand": stopped})
     summary = summarise(rows, runs)
     cmd = "python scripts/bench_stage2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     device = next(iter(runs.values()))[0]["device"]
@@ -161,7 +176,9 @@ def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
     for name, rs in runs.items():
         r = rows[name]
         n10 = {s: mean_std([x[s] for x in rs])["all"]["ndcg@10"] for s in ("valid", "test")}
-        lines.append(f"| {name} | {r['kind']}{':' + r['base'] if r['base'] else ''} | {rs[0]['tokenizer']}, "
+        stop = "".join(f" (stopped by hand after epoch {x['stopped_by_hand']['epochs']}, best so far "
+                       f"{x['stopped_by_hand']['best_epoch']}, seed {x['seed']})" for x in rs if x.get("stopped_by_hand"))
+        lines.append(f"| {name}{stop} | {r['kind']}{':' + r['base'] if r['base'] else ''} | {rs[0]['tokenizer']}, "
                      f"{rs[0]['sid_length']} tokens | {', '.join(str(x['seed']) for x in rs)} | "
                      f"{cell(rs, 'valid', 'all')} | {cell(rs, 'valid', 'tail')} | {n10['valid']:.4f} | "
                      + " | ".join(cell(rs, "test", b) for b in BUCKETS)
