@@ -69,8 +69,8 @@ def stage2_table(item_ids: list[str], codes: np.ndarray, k: int, disambiguation:
 
 
 class SoftSIDGeneratorLoss(GeneratorLoss):
-    """The all-position generator loss with every item read through the MMQ model's soft indices.
-    Owns the T5 model, the MMQ model and the catalogue's (standardised) features, so `.to(device)`
+    """The all-position generator loss with every item read through the tokenizer model's soft indices.
+    Owns the T5 model, the tokenizer model and the catalogue's (standardised) features, so `.to(device)`
     moves everything; `item_tokens` holds the current hard SIDs (refreshed by `refresh`)."""
 
     def __init__(self, t5: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
@@ -156,7 +156,7 @@ class SoftSIDGeneratorLoss(GeneratorLoss):
 def build_stage2_loss(t5: T5ForConditionalGeneration, codec: SIDCodec, cfg: GeneratorConfig,
                       tokenizer: ItemTokenizer, modalities: dict[str, np.ndarray],
                       ft: FinetuneConfig) -> SoftSIDGeneratorLoss:
-    """The stage-2 loss module around a fresh `t5`, over a copy of `tokenizer`'s MMQ model reading
+    """The stage-2 loss module around a fresh `t5`, over a copy of `tokenizer`'s model (`finetune_model`) reading
     the items' `modalities` (those it was fitted on); `codec` from `stage2_table`'s SIDs."""
     check_tokenizer(tokenizer)
     check_generator(cfg)

@@ -46,7 +46,7 @@ from mmq_rec.tokenizer.sid import SIDTable, quality
 
 
 def check_finetunable(cfg: RankerConfig, tokenizer: Any) -> None:
-    """Stage 2 needs an MMQ tokenizer with equal codebooks and a ranker that reads SID tokens one
+    """Stage 2 needs an MMQ or RQ-KMeans tokenizer with equal codebooks and a ranker that reads SID tokens one
     table per position (`sid` or `id+sid`): a prefix row has no soft form."""
     check_tokenizer(tokenizer)
     if cfg.sid_part != "sid":
@@ -55,9 +55,10 @@ def check_finetunable(cfg: RankerConfig, tokenizer: Any) -> None:
 
 
 class SoftSIDItems(ItemRepresentation):
-    """The `sid` item representation read through the MMQ tokenizer's soft indices. Owns the MMQ
-    model and the catalogue's (standardised) features, so `.to(device)` moves everything; the
-    features are not saved with the weights (they are the dataset's)."""
+    """The `sid` item representation read through the tokenizer model's soft indices (MMQ's or
+    RQ-KMeans's, see `tokenizer.finetune`). Owns that model and the catalogue's (standardised)
+    features, so `.to(device)` moves everything; the features are not saved with the weights
+    (they are the dataset's)."""
 
     def __init__(self, cfg: RankerConfig, tokenizer_model: nn.Module, features: list[torch.Tensor],
                  counts: np.ndarray, tau: float):
@@ -133,7 +134,7 @@ class Stage2Ranker(SequentialRanker):
 
 def build_stage2(cfg: RankerConfig, ft: FinetuneConfig, tokenizer: ItemTokenizer, modalities: dict[str, np.ndarray],
                  counts: np.ndarray) -> Stage2Ranker:
-    """A fresh ranker (seeded by `cfg.seed`) over a copy of `tokenizer`'s MMQ model, reading the
+    """A fresh ranker (seeded by `cfg.seed`) over a copy of `tokenizer`'s model (`finetune_model`), reading the
     items' `modalities` (the ones the tokenizer was fitted on, same dimensions)."""
     check_finetunable(cfg, tokenizer)
     if set(modalities) != set(tokenizer.modality_dims) or any(
@@ -236,7 +237,7 @@ def carry_rows(items: SoftSIDItems, before: torch.Tensor, after: torch.Tensor) -
 def export(model: Stage2Ranker, item_ids: list[str], base: ItemTokenizer
            ) -> tuple[SequentialRanker, SIDTable, ItemTokenizer]:
     """(a plain ranker on the re-derived SIDs with the fine-tuned weights, its SID table, the
-    fine-tuned tokenizer on the CPU: `base`, the stage-1 tokenizer, with the fine-tuned MMQ
+    fine-tuned tokenizer on the CPU: `base`, the stage-1 tokenizer, with the fine-tuned
     model). The plain ranker scores exactly as `model` does."""
     items = model.items
     codes = items.hard_codes().cpu().numpy()

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from mmq_rec.tokenizer.mmq import MMQModel, restart_dead
+from mmq_rec.tokenizer.mmq import restart_dead
 
 SCHEDULES = ("joint", "alternating")
 TOKENIZER_DIR = "tokenizer"
@@ -24,7 +25,8 @@ TOKENIZER_DIR = "tokenizer"
 @dataclass
 class FinetuneConfig:
     tau: float = 0.1
-    """Temperature of the soft index softmax over cosine scores (MMQ does not report it: tune it on validation)."""
+    """Temperature of the soft index softmax over cosine scores (RQ-KMeans: squared distances per dimension;
+    MMQ does not report it: tune it on validation)."""
     alpha: float = 0.5
     """alpha': weight of MMQ's multimodal reconstruction loss beside the downstream loss (paper: 0.5)."""
     beta: float = 0.5
@@ -81,7 +83,7 @@ def changed_share(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def restart_all(model: MMQModel, latents: list[torch.Tensor], gen: torch.Generator) -> int:
+def restart_all(model: nn.Module, latents: list[torch.Tensor], gen: torch.Generator) -> int:
     """Restart the dead codewords of every expert's quantizer on `latents` (every item's expert
     outputs); returns how many were restarted."""
     return sum(restart_dead(q, z, gen) for q, z in zip(model.quantizers, latents, strict=True))
