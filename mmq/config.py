@@ -214,6 +214,10 @@ class Config:
         if min(self.ranker.candidates) < max(ks):
             raise ValueError(f"ranker.candidates: each must be >= max(eval.ks) = {max(ks)} "
                              f"(got {self.ranker.candidates!r})")
+        try:
+            self.tokenize.mmq.check_token_order(self.encode.modalities)
+        except ValueError as e:
+            raise ValueError(f"tokenize.mmq.{e}; encode.modalities: {self.encode.modalities}") from None
         if "external" in self.benchmark.tokenizers and not self.tokenize.external.path:
             raise ValueError("tokenize.external.path: benchmark.tokenizers lists external, which needs a SID table")
         if STAGE2 in self.benchmark.tokenizers and not (self.benchmark.generator and self.generator.input_mode == "item"

@@ -152,6 +152,36 @@ def test_ablation_shapes(mods):
     assert deep.encode(m).shape == (300, 12) and len(deep.codebook_sizes()) == 12
 
 
+
+def test_token_order_permutes_the_sid_groups(mods, tmp_path):
+    m, ids = mods
+    cfg = {**TINY, "num_shared_experts": 2, "num_specific_experts": 1, "depth": 2, "seed": 3}
+    plain = tokenize(MMQTokenizer(MMQConfig(**cfg)), m, ids, show_progress=False)
+    tok = MMQTokenizer(MMQConfig(**cfg, token_order=["image", "shared", "text"]))
+    ordered = tokenize(tok, m, ids, show_progress=False)
+    # same experts (the order changes no training), the SID groups moved: shared 4, text 2, image 2 tokens
+    perm = [6, 7, 0, 1, 2, 3, 4, 5]
+    assert np.array_equal(ordered.tokenizer.encode(m), plain.tokenizer.encode(m)[:, perm])
+    assert np.array_equal(ordered.table.codes[:, :8], plain.table.codes[:, :8][:, perm])
+    # stage 2's soft index follows the same order
+    model = tok.finetune_model()
+    xs = tok.finetune_features(m)
+    ind = model.soft_indices(model.expert_latents(xs), tau=0.5)
+    assert torch.equal(ind.argmax(-1), model.quantize(xs)[1])
+    ordered.save_pretrained(tmp_path / "tok")
+    loaded = Tokenization.from_pretrained(tmp_path / "tok")
+    assert np.array_equal(loaded.tokenizer.encode(m), ordered.tokenizer.encode(m))
+    with pytest.raises(ValueError, match=r"token_order: must list each of \['shared', 'text', 'image'\] once"):
+        MMQTokenizer(MMQConfig(**cfg, token_order=["image", "text"])).fit(m, show_progress=False)
+
+
+def test_cli_refuses_a_token_order_without_the_modalities(tmp_path, capsys):
+    assert main(["tokenize", "--dataset", str(tmp_path / "missing"), "--modalities", "text", "attributes",
+                 "--tokenize.mmq.token_order", "collaborative,shared,text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmq tokenize: error: field 'tokenize.mmq.token_order': must list each of "
+                          "['shared', 'text', 'attributes'] once") and err.count("\n") == 1
+
 # ------------------------------------------------------------------ baselines
 @pytest.mark.parametrize("mode,length", [("fused", 3), ("separate", 6)])
 def test_rq_baselines(mods, mode, length, tmp_path):

@@ -5,7 +5,8 @@
   mixed by a softmax gate computed from that modality (an MLP with bias).
 - Every expert owns a codebook of K codewords (cosine matching by default, L2 as an ablation),
   optionally residual with `depth` levels; the straight-through estimator carries gradients.
-- SID = shared experts' tokens, then each modality's experts' tokens (the trie's order).
+- SID = shared experts' tokens, then each modality's experts' tokens (the trie's order), or the
+  groups in the order `token_order` names.
 - Loss = α·MSE(decoder(gated sum of quantized outputs), concat input)
        + β·Σ_m MSE(aux_decoder_m(shared + modality m's gated quantized outputs), input_m)
        + γ·Σ_groups ||V Vᵀ − I||²_F   (V: each expert's flattened, L2-normalised weights)
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,10 @@ class MMQConfig:
     weight_decay: float = 0.0
     kmeans_init: bool = True
     dead_code_restart: bool = True
+    token_order: list[str] = field(default_factory=list)
+    """SID order of the expert groups, "shared" and the modality names (each group's experts keep
+    their order), e.g. [collaborative, shared, attributes, text]; empty: shared, then the
+    modalities in input order. The first tokens are the ones the generator decodes first."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +82,17 @@ class MMQConfig:
             raise ValueError(f"distance: must be one of {', '.join(DISTANCES)} (got {self.distance!r})")
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0 (got {self.lr!r})")
+        if len(set(self.token_order)) != len(self.token_order):
+            raise ValueError(f"token_order: names must not repeat (got {self.token_order!r})")
+
+    def groups(self, modalities: list[str]) -> list[str]:
+        """The expert groups present with these modalities, in the default SID order."""
+        return (["shared"] if self.num_shared_experts else []) + (list(modalities) if self.num_specific_experts else [])
+
+    def check_token_order(self, modalities: list[str]) -> None:
+        groups = self.groups(modalities)
+        if self.token_order and sorted(self.token_order) != sorted(groups):
+            raise ValueError(f"token_order: must list each of {groups} once (got {self.token_order!r})")
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -112,6 +128,13 @@ class MMQModel(nn.Module):
                                         for _ in range(n_experts))
         self.decoder = mlp(z, h, concat)
         self.aux_decoders = nn.ModuleDict({m: mlp(z, h, d) for m, d in dims.items()})
+        cfg.check_token_order(self.names)
+        sizes = {"shared": cfg.num_shared_experts * cfg.depth,
+                 **{m: cfg.num_specific_experts * cfg.depth for m in self.names}}
+        groups = cfg.groups(self.names)
+        starts = dict(zip(groups, np.cumsum([0] + [sizes[g] for g in groups]).tolist(), strict=False))
+        # SID position i holds expert-order position perm[i]
+        self.perm = [starts[g] + j for g in (cfg.token_order or groups) for j in range(sizes[g])]
 
     @property
     def codebook_size(self) -> int:
@@ -135,7 +158,7 @@ class MMQModel(nn.Module):
             q, c, loss = q_mod(z)
             qs.append(q), codes.append(c)
             vq = vq + loss
-        return qs, torch.cat(codes, dim=1), vq
+        return qs, torch.cat(codes, dim=1)[:, self.perm], vq
 
     def mix(self, xs: list[torch.Tensor], qs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Gated sum of all quantized outputs, and per modality: shared + that modality's gated outputs."""
@@ -156,7 +179,8 @@ class MMQModel(nn.Module):
     def soft_indices(self, latents: list[torch.Tensor], tau: float) -> torch.Tensor:
         """Stage 2's soft indexing: (B, L, K) one-hots of the SID positions (every expert's levels,
         in SID order) whose gradient is that of softmax(scores / tau); K = `codebook_size`."""
-        return torch.cat([q.soft_index(z, tau) for q, z in zip(self.quantizers, latents, strict=True)], dim=1)
+        soft = [q.soft_index(z, tau) for q, z in zip(self.quantizers, latents, strict=True)]
+        return torch.cat(soft, dim=1)[:, self.perm]
 
     def losses(self, xs: list[torch.Tensor], latents: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         qs, codes, vq = self.quantize(xs, latents)
