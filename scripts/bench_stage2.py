@@ -19,6 +19,8 @@ over its base is judged on validation, and the test column is reported beside it
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -105,8 +107,7 @@ def main() -> None:
                     stopped = {"epochs": state["epoch"], "best_epoch": state["best_epoch"]}
             else:
                 trained = (pipe.rank_train if ranker else pipe.train)(ds, r["tokenizer"], out, finetune=finetune)
-            evaluate = pipe.rank_evaluate if ranker else pipe.evaluate
-            res = {s: evaluate(ds, out / "best", split_name=s) for s in ("valid", "test")}
+            res = evaluated(pipe, ds, out, ranker)
             minutes = trained["train_seconds"] / 60
             q = read_json(Path(trained["best_model"]) / "tokenizer" / "quality.json") if finetune else \
                 read_json(Path(r["tokenizer"]) / "quality.json")
@@ -115,7 +116,8 @@ def main() -> None:
                 "valid": res["valid"]["metrics"], "test": res["test"]["metrics"],
                 "users_per_second": res["test"].get("users_per_second"),
                 "tokenizer": q.get("tokenizer"), "sid_length": q.get("sid_length"),
-                "stage2": q.get("stage2"), "stopped_by_hand": stopped})
+                "stage2": q.get("stage2"), "stopped_by_hand": stopped, "modalities": q.get("modalities"),
+                "token_order": read_json(Path(r["tokenizer"]) / "config.json")["config"].get("token_order")})
     summary = summarise(rows, runs)
     cmd = "python scripts/bench_stage2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     device = next(iter(runs.values()))[0]["device"]
@@ -134,6 +136,21 @@ def main() -> None:
                                 environment_=env, command=cmd)
         Path(args.page).mkdir(parents=True, exist_ok=True)
         write_report_files(report, Path(args.page))
+
+
+def evaluated(pipe: Pipeline, ds, out: Path, ranker: bool) -> dict[str, dict]:
+    """Validation and test results of run `out`'s best model, kept in `out/bench_eval.json` and reused
+    while the model's weights and the evaluation settings are the same."""
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (out / "best").glob("*.safetensors"))
+    key = json.loads(json.dumps({"weights": weights, "eval": dataclasses.asdict(pipe.cfg.eval),
+                                 "decode": dataclasses.asdict(pipe.cfg.decode), "seed": pipe.cfg.seed}))
+    cache = out / "bench_eval.json"
+    if cache.exists() and (old := read_json(cache)).get("key") == key:
+        return old["results"]
+    evaluate = pipe.rank_evaluate if ranker else pipe.evaluate
+    res = json.loads(json.dumps({s: evaluate(ds, out / "best", split_name=s) for s in ("valid", "test")}, default=str))
+    write_json(cache, {"key": key, "results": res})
+    return res
 
 
 def summarise(rows: dict[str, dict], runs: dict[str, list[dict]]) -> dict[str, Any]:
@@ -170,6 +187,11 @@ def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
         v = [x[split][bucket]["recall@10"] for x in rs if "recall@10" in x[split].get(bucket, {})]
         return f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "") if v else "–"
 
+    def sids(x: dict) -> str:
+        mods = "+".join(x.get("modalities") or [])
+        order = f"; order {', '.join(x['token_order'])}" if x.get("token_order") else ""
+        return f"{x['tokenizer']}, {x['sid_length']} tokens ({mods}{order})"
+
     head = ("| row | kind | SIDs | seeds | " + " | ".join(f"valid R@10 {b}" for b in ("all", "tail"))
             + " | valid N@10 | " + " | ".join(f"test R@10 {b}" for b in BUCKETS) + " | test N@10 | minutes |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -178,8 +200,7 @@ def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
         n10 = {s: mean_std([x[s] for x in rs])["all"]["ndcg@10"] for s in ("valid", "test")}
         stop = "".join(f" (stopped by hand after epoch {x['stopped_by_hand']['epochs']}, best so far "
                        f"{x['stopped_by_hand']['best_epoch']}, seed {x['seed']})" for x in rs if x.get("stopped_by_hand"))
-        lines.append(f"| {name}{stop} | {r['kind']}{':' + r['base'] if r['base'] else ''} | {rs[0]['tokenizer']}, "
-                     f"{rs[0]['sid_length']} tokens | {', '.join(str(x['seed']) for x in rs)} | "
+        lines.append(f"| {name}{stop} | {r['kind']}{':' + r['base'] if r['base'] else ''} | {sids(rs[0])} | {', '.join(str(x['seed']) for x in rs)} | "
                      f"{cell(rs, 'valid', 'all')} | {cell(rs, 'valid', 'tail')} | {n10['valid']:.4f} | "
                      + " | ".join(cell(rs, "test", b) for b in BUCKETS)
                      + f" | {n10['test']:.4f} | {np.mean([x['train_minutes'] for x in rs]):.1f} |")
