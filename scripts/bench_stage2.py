@@ -107,7 +107,7 @@ def main() -> None:
                     stopped = {"epochs": state["epoch"], "best_epoch": state["best_epoch"]}
             else:
                 trained = (pipe.rank_train if ranker else pipe.train)(ds, r["tokenizer"], out, finetune=finetune)
-            res = evaluated(pipe, ds, out, ranker)
+            res = evaluated(pipe, ds, args.dataset, out, ranker)
             minutes = trained["train_seconds"] / 60
             q = read_json(Path(trained["best_model"]) / "tokenizer" / "quality.json") if finetune else \
                 read_json(Path(r["tokenizer"]) / "quality.json")
@@ -138,12 +138,14 @@ def main() -> None:
         write_report_files(report, Path(args.page))
 
 
-def evaluated(pipe: Pipeline, ds, out: Path, ranker: bool) -> dict[str, dict]:
+def evaluated(pipe: Pipeline, ds, dataset: str, out: Path, ranker: bool) -> dict[str, dict]:
     """Validation and test results of run `out`'s best model, kept in `out/bench_eval.json` and reused
     while the model's weights and the evaluation settings are the same."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (out / "best").glob("*.safetensors"))
-    key = json.loads(json.dumps({"weights": weights, "eval": dataclasses.asdict(pipe.cfg.eval),
-                                 "decode": dataclasses.asdict(pipe.cfg.decode), "seed": pipe.cfg.seed}))
+    c = pipe.cfg
+    key = json.loads(json.dumps({"weights": weights, "dataset": str(Path(dataset).resolve()),
+                                 **{k: dataclasses.asdict(getattr(c, k)) for k in ("data", "eval", "decode")},
+                                 "seed": c.seed}, default=str))
     cache = out / "bench_eval.json"
     if cache.exists() and (old := read_json(cache)).get("key") == key:
         return old["results"]
