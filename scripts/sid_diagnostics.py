@@ -13,9 +13,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from mmq_rec.recdata.io import read_json, write_json, write_text
+from mmq_rec.recdata import RecDataset
+from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.tokenizer.sid import SIDTable
 
 
 def main() -> None:
@@ -24,16 +25,15 @@ def main() -> None:
     ap.add_argument("--table", action="append", required=True, metavar="NAME=TOKENIZER_DIR")
     ap.add_argument("--out", required=True, help="writes OUT.md and OUT.json")
     args = ap.parse_args()
-    inter = pd.read_parquet(Path(args.dataset) / "interactions.parquet").sort_values(["user", "position"])
-    seqs = inter.groupby("user")["item"].apply(list).tolist()  # leave-one-out: [-1] test, [-2] valid
+    # leave-one-out: [-1] test, [-2] validation, the rest training
+    seqs = [s.tolist() for s in RecDataset.load(args.dataset).sequences() if len(s) >= 3]
+    valid = [s[-2] for s in seqs]
     rows = []
     for spec in args.table:
         name, _, tok = spec.partition("=")
-        t = read_json(Path(tok) / "sid_table.json")
-        ns = t["num_semantic"]
-        codes = np.array([t["items"][str(i)] for i in range(len(t["items"]))])
+        table = SIDTable.load(Path(tok) / "sid_table.json")
+        codes, ns = table.codes, table.num_semantic
         groups = Counter(map(tuple, codes[:, :ns].tolist()))
-        valid = np.array([s[-2] for s in seqs if len(s) >= 3])
         collide = float(np.mean([groups[tuple(codes[i, :ns])] > 1 for i in valid]))
         acc = []
         for p in range(ns):
@@ -41,7 +41,7 @@ def main() -> None:
             for s in seqs:
                 for a, b in zip(s[:-3], s[1:-2], strict=True):  # training transitions only
                     big[codes[a, p]][codes[b, p]] += 1
-            hits = [codes[s[-2], p] in {k for k, _ in big[codes[s[-3], p]].most_common(10)} for s in seqs if len(s) >= 3]
+            hits = [codes[s[-2], p] in {k for k, _ in big[codes[s[-3], p]].most_common(10)} for s in seqs]
             acc.append(round(float(np.mean(hits)), 3))
         rows.append({"table": name, "tokenizer_dir": tok, "sid_length": int(codes.shape[1]),
                      "valid_targets_in_collisions": round(collide, 3), "bigram_top10_accuracy": acc})

@@ -131,10 +131,11 @@ class MMQModel(nn.Module):
         cfg.check_token_order(self.names)
         sizes = {"shared": cfg.num_shared_experts * cfg.depth,
                  **{m: cfg.num_specific_experts * cfg.depth for m in self.names}}
-        groups = cfg.groups(self.names)
-        starts = dict(zip(groups, np.cumsum([0] + [sizes[g] for g in groups]).tolist(), strict=False))
+        groups, positions, start = cfg.groups(self.names), {}, 0
+        for g in groups:  # each group's positions in the experts' order
+            positions[g], start = list(range(start, start + sizes[g])), start + sizes[g]
         # SID position i holds expert-order position perm[i]
-        self.perm = [starts[g] + j for g in (cfg.token_order or groups) for j in range(sizes[g])]
+        self.perm = [p for g in (cfg.token_order or groups) for p in positions[g]]
 
     @property
     def codebook_size(self) -> int:
