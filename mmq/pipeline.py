@@ -399,9 +399,16 @@ class Pipeline:
         # a stage-2 run with another seed (e.g. seeds 1 and 2 of a benchmark) must not change
         mods = self.modalities(ds, tok.quality.get("modalities") or None, seed=getattr(tok.tokenizer.config, "seed", None))
         base = table.codes[:, :table.num_semantic]
-        if not np.array_equal(tok.tokenizer.encode(mods), base):
-            raise DataError("the tokenizer does not give its own SIDs from this configuration's modalities "
-                            "(were encode.* settings different when it was tokenized?)", path=tokenizer_dir)
+        # another machine or torch build may round a near-tie the other way for a few items (seen:
+        # an MMQ table made here, read on a GPU machine); other modalities change far more items
+        differ = int((tok.tokenizer.encode(mods) != base).any(axis=1).sum())
+        if differ > max(1, NEAR_TIES * len(base)):
+            raise DataError(f"the tokenizer does not give its own SIDs from this configuration's modalities for "
+                            f"{differ} of {len(base)} items (were encode.* settings different when it was "
+                            "tokenized?)", path=tokenizer_dir)
+        if differ:
+            self.log(f"note: {differ} of {len(base)} items' SIDs re-encode differently here (near-ties); stage 2 "
+                     "starts from the table's SIDs")
         weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
         return mods, base, {"finetune": fingerprint_view("finetune", to_dict(self.cfg)["finetune"]),
                             "tokenizer": _digest(json.dumps(weights, sort_keys=True).encode()),
@@ -690,6 +697,10 @@ class Pipeline:
         return [[Recommendation(ids[i], int(i), float(s), table.to_string(int(i)), titles.get(ids[i]))
                  for i, s in zip(row_i, row_s, strict=True) if i >= 0 and np.isfinite(s)]
                 for row_i, row_s in zip(items, scores, strict=True)]
+
+
+NEAR_TIES = 0.005
+"""Stage 2 accepts a tokenizer whose re-encoded SIDs differ from its table for at most this share of items."""
 
 
 def _digest(data: bytes) -> str:

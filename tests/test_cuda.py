@@ -125,3 +125,19 @@ def test_rqvae_restarts_on_cuda():
     res = tokenize(RQVAETokenizer(cfg), mods, ds.item_ids(), show_progress=False, device="cuda")
     assert res.table.is_unique() and res.table.num_semantic == 3
     assert any(row.get("restarted_codes") for row in res.tokenizer.training_log())
+
+
+@pytest.mark.parametrize("target", ["generator", "ranker"])
+def test_stage2_finetunes_on_cuda(run, target, capsys):
+    """MMQ stage 2 with each downstream model on the GPU: the soft-indexed training runs there and
+    the exported tokenizer gives unique SIDs."""
+    small = ["--encode.cache_dir", "", "--ranker.representation", "sid", "--ranker.d_model", "16", "--ranker.epochs", "2",
+             "--ranker.batch_size", "32", "--train.max_steps", "10", "--train.eval_every", "5", *TINY]
+    out = run / f"stage2-{target}"
+    assert main(["finetune", "--for", target, "--dataset", str(run / "ds"), "--tokenizer-dir", str(run / "tok"),
+                 "--output", str(out), "--device", "cuda", "--json", *small]) == 0
+    capsys.readouterr()
+    q = json.loads((out / "best" / "tokenizer" / "quality.json").read_text())
+    assert q["unique_sids"] == q["num_items"] == 200
+    weights = load_file(out / "best" / "tokenizer" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())

@@ -224,3 +224,34 @@ ranker: {{epochs: 1, d_model: 16, candidates: [30]}}
                  "--output", str(tmp_path / "o2"), "--generator.input_mode", "flat"]) == 2
     err = capsys.readouterr().err
     assert "mmq_stage2" in err and len(err.splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def test_stage2_accepts_a_near_tie_and_refuses_other_modalities(tmp_path, capsys):
+    """A tokenizer whose re-encoding differs from its table for one item (a near-tie rounded the
+    other way on another machine) starts stage 2 from its table; one that differs for many items
+    (other modalities) is a one-line error that says how many."""
+    synthetic_catalogue(SyntheticConfig(num_items=120, num_users=150, num_topics=5, seed=0)).save(tmp_path / "ds")
+    assert main(["tokenize", "--dataset", str(tmp_path / "ds"), "--modalities", "text", "--json", "--encode.cache_dir",
+                 "", "--tokenizer", "mmq", "--output", str(tmp_path / "tok"), "--tokenize.mmq.codebook_size", "8",
+                 "--tokenize.mmq.epochs", "5"]) == 0
+    path = tmp_path / "tok" / "sid_table.json"
+    table = json.loads(path.read_text())
+    taken = {tuple(v) for v in table["items"].values()}
+    codes = next(iter(table["items"].values()))
+    codes[0] = next(c for c in range(8) if tuple([c, *codes[1:]]) not in taken)  # still unique
+    path.write_text(json.dumps(table))
+    small = ["--generator.input_mode", "item", "--generator.d_model", "16", "--generator.num_layers", "1",
+             "--generator.num_decoder_layers", "1", "--generator.d_kv", "8", "--generator.num_heads", "2",
+             "--generator.d_ff", "32", "--decode.valid_users", "20", "--encode.cache_dir", "", "--train.max_steps", "2",
+             "--train.eval_every", "2", "--train.batch_size", "32"]
+    run = ["finetune", "--for", "generator", "--dataset", str(tmp_path / "ds"), "--tokenizer-dir", str(tmp_path / "tok"),
+           *small]
+    capsys.readouterr()
+    assert main([*run, "--output", str(tmp_path / "g")]) == 0
+    assert "1 of 120 items' SIDs re-encode differently here" in capsys.readouterr().err
+    for codes in table["items"].values():  # every item's first token moved: not a near-tie
+        codes[0] = (codes[0] + 1) % 8
+    path.write_text(json.dumps(table))
+    assert main([*run, "--output", str(tmp_path / "g2")]) == 2
+    err = capsys.readouterr().err
+    assert "for 120 of 120 items" in err and len(err.strip().splitlines()) == 1
