@@ -55,18 +55,34 @@ def parse_row(spec: str) -> dict[str, Any]:
 def main() -> None:
     argv, overrides = split_overrides(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--work", required=True, help="directory for the training runs (reused when rerun)")
-    ap.add_argument("--row", action="append", required=True, help="'NAME=KIND TOKENIZER_DIR [OVERRIDES]'")
+    ap.add_argument("--dataset")
+    ap.add_argument("--work", help="directory for the training runs (reused when rerun)")
+    ap.add_argument("--row", action="append", help="'NAME=KIND TOKENIZER_DIR [OVERRIDES]'")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="instead of running: write one page from earlier outputs (their .json files), e.g. the "
+                         "calls of scripts/gpu_stage2.sh; needs only --out and --page")
+    ap.add_argument("--note", default="", help="a sentence for the page, under its first line")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--single-seed-rows", nargs="+", default=[], metavar="NAME",
                     help="rows run at the first seed only (e.g. 40-minute generators)")
     ap.add_argument("--stopped-rows", nargs="+", default=[], metavar="NAME",
                     help="ranker rows whose runs are evaluated as they stand (their best epoch so far), not "
                          "trained further: runs stopped by hand, marked so in the page")
+    ap.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                    help="train and evaluate these rows alone (the others still define their bases): one "
+                         "of several processes that share a GPU; a later run without it writes the page")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="leave out the runs not trained and evaluated yet (no RUN/bench_eval.json) instead of "
+                         "training them; the page lists them")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads (default: all cores)")
     ap.add_argument("--out", default=str(HERE / "benchmarks" / "stage2"))
     ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
+    if args.merge:
+        write_outputs(args, *merged(args.merge))
+        return
+    if not (args.dataset and args.work and args.row):
+        ap.error("--dataset, --work and --row are required (unless --merge)")
     rows = {r["name"]: r for r in map(parse_row, args.row)}
     for r in rows.values():
         if r["base"] and (r["base"] not in rows or rows[r["base"]]["kind"] != r["kind"].split("-")[0]):
@@ -74,21 +90,26 @@ def main() -> None:
         if r["kind"] == "ranker-stage2" and r["base"] in args.single_seed_rows and r["name"] not in args.single_seed_rows:
             sys.exit(f"bench_stage2: --row {r['name']} starts from {r['base']}, which runs one seed: list it in "
                      "--single-seed-rows too")
-    for opt in ("single_seed_rows", "stopped_rows"):
+    for opt in ("single_seed_rows", "stopped_rows", "only"):
         unknown = set(getattr(args, opt)) - set(rows)
         if unknown:
             sys.exit(f"bench_stage2: --{opt.replace('_', '-')}: no such row: {', '.join(sorted(unknown))}")
     if any(not rows[n]["kind"].startswith("ranker") for n in args.stopped_rows):
         sys.exit("bench_stage2: --stopped-rows: ranker rows only")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     work = Path(args.work)
     runs: dict[str, list[dict[str, Any]]] = {}
+    missing: list[str] = []
     for seed in args.seeds:  # every row's first seed before any row's second
         for name, r in rows.items():
-            if seed != args.seeds[0] and name in args.single_seed_rows:
+            if (seed != args.seeds[0] and name in args.single_seed_rows) or (args.only and name not in args.only):
                 continue
             out = work / f"{name}-s{seed}"
+            if args.finished_only and not (out / "bench_eval.json").exists():
+                missing.append(f"{name} seed {seed}")
+                log(f"== {name}, seed {seed}: not finished, left out")
+                continue
             extra = []
             if r["kind"] == "ranker-stage2":
                 extra = ["--finetune.init_from", str(work / f"{r['base']}-s{seed}" / "best")]
@@ -118,14 +139,50 @@ def main() -> None:
                 "tokenizer": q.get("tokenizer"), "sid_length": q.get("sid_length"),
                 "stage2": q.get("stage2"), "stopped_by_hand": stopped, "modalities": q.get("modalities"),
                 "token_order": read_json(Path(r["tokenizer"]) / "config.json")["config"].get("token_order")})
-    summary = summarise(rows, runs)
     cmd = "python scripts/bench_stage2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     device = next(iter(runs.values()))[0]["device"]
-    env = environment(device)
+    write_outputs(args, [cmd], environment(device), overrides, rows, runs, missing)
+
+
+def merged(paths: list[str]) -> tuple[list[str], dict, list[str], dict, dict, list[str]]:
+    """The commands, environment, overrides, rows, runs and unfinished runs of several earlier
+    outputs (e.g. two calls on a GPU machine) as one benchmark: a row defined twice must read the
+    same, a run may come from one output only, and all must come from the same kind of device."""
+    cmds, envs, rows, runs, missing = [], [], {}, {}, []
+    overrides = None
+    for path in paths:
+        d = read_json(Path(path))
+        cmds.append(d["command"])
+        envs.append(d["environment"])
+        if overrides is not None and d["overrides"] != overrides:
+            sys.exit(f"bench_stage2: --merge: {path} has other common overrides than the outputs before it")
+        overrides = d["overrides"]
+        for name, r in d["rows"].items():
+            if rows.setdefault(name, {"name": name, **r}) != {"name": name, **r}:
+                sys.exit(f"bench_stage2: --merge: row {name} is defined differently in {path}")
+        for name, rs in d["runs"].items():
+            have = {x["seed"] for x in runs.get(name, [])}
+            if have & {x["seed"] for x in rs}:
+                sys.exit(f"bench_stage2: --merge: row {name} has a run of the same seed in two outputs")
+            runs[name] = sorted(runs.get(name, []) + rs, key=lambda x: x["seed"])
+        missing += d.get("not_finished", [])
+    if len({(e["device"], e["GPU"]) for e in envs}) > 1:
+        sys.exit("bench_stage2: --merge: the outputs were measured on different devices")
+    done = {f"{n} seed {x['seed']}" for n, rs in runs.items() for x in rs}
+    missing = list(dict.fromkeys(m for m in missing if m not in done))
+    runs = {n: runs[n] for n in rows if n in runs}  # the rows' order
+    return cmds, envs[0], overrides or [], rows, runs, missing
+
+
+def write_outputs(args, cmds: list[str], env: dict, overrides: list[str], rows: dict, runs: dict,
+                  missing: list[str]) -> None:
+    summary = summarise(rows, runs)
+    cmd = " && ".join(cmds)
     write_json(Path(args.out).with_suffix(".json"), {
         "generated_by": "scripts/bench_stage2.py", "command": cmd, "environment": env, "overrides": overrides,
-        **summary, "rows": {n: {k: v for k, v in r.items() if k != "name"} for n, r in rows.items()}, "runs": runs})
-    write_text(Path(args.out).with_suffix(".md"), render(cmd, env, rows, runs, summary))
+        **summary, "rows": {n: {k: v for k, v in r.items() if k != "name"} for n, r in rows.items()}, "runs": runs,
+        "not_finished": missing})
+    write_text(Path(args.out).with_suffix(".md"), render(cmd, env, rows, runs, summary, missing, args.note))
     if args.page:
         systems = {n: system_entry(rows[n]["kind"].split("-")[0], [
             {"seed": x["seed"], "metrics": x["test"], "device": x["device"], "train_minutes": x["train_minutes"],
@@ -184,7 +241,7 @@ def summarise(rows: dict[str, dict], runs: dict[str, list[dict]]) -> dict[str, A
     return out
 
 
-def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
+def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict, missing: list[str], note: str = "") -> str:
     def cell(rs: list[dict], split: str, bucket: str) -> str:
         v = [x[split][bucket]["recall@10"] for x in rs if "recall@10" in x[split].get(bucket, {})]
         return f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "") if v else "–"
@@ -209,8 +266,10 @@ def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict) -> str:
     out = ["# MMQ stage 2: stage-1 and fine-tuned SIDs, for the generator and the ranker",
            f"Measured on {env.get('device', '')} ({env.get('machine', '')}), torch {env.get('torch', '')}. "
            "All users of each split, full catalogue, history not excluded. A stage-2 row is judged against its "
-           "base on validation; test is shown beside it and chooses nothing.",
+           "base on validation; test is shown beside it and chooses nothing." + (f" {note}" if note else ""),
            f"Command: `{cmd}`", "\n".join(lines)]
+    if missing:
+        out.append("Left out, not finished in time: " + "; ".join(missing) + ".")
     if summary.get("stage2"):
         s2 = ["| stage-2 row | base | seeds | valid R@10 stage 1 → 2 | test R@10 stage 1 → 2 | items whose SID changed "
               "| collision rate before → after | utilisation after (mean) |", "|---|---|---|---|---|---:|---|---:|"]
