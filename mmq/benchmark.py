@@ -106,6 +106,9 @@ def answers(systems: Mapping[str, Mapping[str, Any]], ks: Sequence[int]) -> list
                            "(set eval.cold_start_fraction to hold items out).")
             continue
         (v1, n1), users = scored[0], systems[scored[0][1]]["metrics"][group]["users"]
+        if not v1:
+            out.append(f"{what[0].upper()}{what[1:]}: R@{k} is 0 for every system ({users:,} test users).")
+            continue
         line = f"Best {what}: {n1}, R@{k} {v1:.4f}"
         if len(scored) > 1:
             v2, n2 = scored[1]

@@ -114,3 +114,15 @@ def test_the_page_renders_in_a_real_browser(bench, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report.png")
+
+
+def test_answers_name_no_best_system_when_every_recall_is_zero():
+    from mmq_rec.benchmark import answers
+
+    def system(all_, cold):
+        return {"metrics": {"all": {"recall@10": all_, "users": 100}, "cold": {"recall@10": cold, "users": 7}}}
+
+    lines = answers({"a": system(0.05, 0.0), "b": system(0.04, 0.0)}, [5, 10])
+    assert lines[0].startswith("Best overall: a, R@10 0.0500, ahead of b")
+    assert lines[1] == "On cold items (never seen in training): R@10 is 0 for every system (7 test users)."
+    assert answers({"a": system(0.05, 0.01), "b": system(0.04, 0.0)}, [10])[1].startswith("Best on cold items")
