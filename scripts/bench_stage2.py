@@ -139,6 +139,8 @@ def main() -> None:
                 "tokenizer": q.get("tokenizer"), "sid_length": q.get("sid_length"),
                 "stage2": q.get("stage2"), "stopped_by_hand": stopped, "modalities": q.get("modalities"),
                 "token_order": read_json(Path(r["tokenizer"]) / "config.json")["config"].get("token_order")})
+    if not runs:
+        sys.exit("bench_stage2: no run has finished: nothing to write")
     cmd = "python scripts/bench_stage2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     device = next(iter(runs.values()))[0]["device"]
     write_outputs(args, [cmd], environment(device), overrides, rows, runs, missing)
