@@ -14,7 +14,7 @@
 #   GPU machine:       bash scripts/gpu_stage2.sh run
 #                      e.g. run(command="bash scripts/gpu_stage2.sh run", carry=[".whl", ".gpu"], timeout_s=600)
 #   dry run (CPU):     GPU_STAGE2_DEVICE=cpu GPU_STAGE2_SECONDS=240 bash scripts/gpu_stage2.sh run
-# benchmarks/stage2_gpu.md was made so (Beauty, the tokenizers on a 2-core CPU, each about 1 minute):
+# benchmarks/stage2_gpu.md was made so (Beauty, the tokenizers on a 2-core CPU, 1 to 2 minutes each):
 #   mmq prepare --format jsonl --input ../shared/data/amazon-beauty --output /tmp/beauty/data
 #   mmq tokenize --dataset /tmp/beauty/data --tokenizer rqkmeans --output /tmp/beauty/tok-rqk
 #   mmq tokenize --dataset /tmp/beauty/data --tokenizer rqkmeans --output /tmp/beauty/tok-rqk-collab \
@@ -50,7 +50,6 @@ if [[ "${1:-}" == prepare ]]; then
   $PY - "$DATASET" "$ROOT/data" <<'EOF' || exit 1
 import sys
 from mmq_rec.pipeline import Pipeline
-from mmq_rec.recdata.schema import RecDataset
 
 pipe = Pipeline.from_config(overrides=["--encode.modalities", "text", "attributes", "collaborative"], show_progress=False)
 ds = pipe.dataset(sys.argv[1])
