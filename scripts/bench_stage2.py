@@ -79,7 +79,9 @@ def main() -> None:
     ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
     if args.merge:
-        write_outputs(args, *merged(args.merge))
+        *parts, notes = merged(args.merge)
+        args.note = args.note or " ".join(notes)
+        write_outputs(args, *parts)
         return
     if not (args.dataset and args.work and args.row):
         ap.error("--dataset, --work and --row are required (unless --merge)")
@@ -146,11 +148,11 @@ def main() -> None:
     write_outputs(args, [cmd], environment(device), overrides, rows, runs, missing)
 
 
-def merged(paths: list[str]) -> tuple[list[str], dict, list[str], dict, dict, list[str]]:
-    """The commands, environment, overrides, rows, runs and unfinished runs of several earlier
+def merged(paths: list[str]) -> tuple[list[str], dict, list[str], dict, dict, list[str], list[str]]:
+    """The commands, environment, overrides, rows, runs, unfinished runs and notes of several earlier
     outputs (e.g. two calls on a GPU machine) as one benchmark: a row defined twice must read the
     same, a run may come from one output only, and all must come from the same kind of device."""
-    cmds, envs, rows, runs, missing = [], [], {}, {}, []
+    cmds, envs, rows, runs, missing, notes = [], [], {}, {}, [], []
     overrides = None
     for path in paths:
         d = read_json(Path(path))
@@ -168,12 +170,13 @@ def merged(paths: list[str]) -> tuple[list[str], dict, list[str], dict, dict, li
                 sys.exit(f"bench_stage2: --merge: row {name} has a run of the same seed in two outputs")
             runs[name] = sorted(runs.get(name, []) + rs, key=lambda x: x["seed"])
         missing += d.get("not_finished", [])
+        notes += [d["note"]] if d.get("note") and d["note"] not in notes else []
     if len({(e["device"], e["GPU"]) for e in envs}) > 1:
         sys.exit("bench_stage2: --merge: the outputs were measured on different devices")
     done = {f"{n} seed {x['seed']}" for n, rs in runs.items() for x in rs}
     missing = list(dict.fromkeys(m for m in missing if m not in done))
     runs = {n: runs[n] for n in rows if n in runs}  # the rows' order
-    return cmds, envs[0], overrides or [], rows, runs, missing
+    return cmds, envs[0], overrides or [], rows, runs, missing, notes
 
 
 def write_outputs(args, cmds: list[str], env: dict, overrides: list[str], rows: dict, runs: dict,
@@ -183,7 +186,7 @@ def write_outputs(args, cmds: list[str], env: dict, overrides: list[str], rows: 
     write_json(Path(args.out).with_suffix(".json"), {
         "generated_by": "scripts/bench_stage2.py", "command": cmd, "environment": env, "overrides": overrides,
         **summary, "rows": {n: {k: v for k, v in r.items() if k != "name"} for n, r in rows.items()}, "runs": runs,
-        "not_finished": missing})
+        "not_finished": missing, **({"note": args.note} if args.note else {})})
     write_text(Path(args.out).with_suffix(".md"), render(cmd, env, rows, runs, summary, missing, args.note))
     if args.page:
         systems = {n: system_entry(rows[n]["kind"].split("-")[0], [
@@ -246,7 +249,7 @@ def summarise(rows: dict[str, dict], runs: dict[str, list[dict]]) -> dict[str, A
 def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict, missing: list[str], note: str = "") -> str:
     def cell(rs: list[dict], split: str, bucket: str) -> str:
         v = [x[split][bucket]["recall@10"] for x in rs if "recall@10" in x[split].get(bucket, {})]
-        return f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "") if v else "–"
+        return f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "") if v else "–"
 
     def sids(x: dict) -> str:
         mods = "+".join(x.get("modalities") or [])
