@@ -408,7 +408,7 @@ class Pipeline:
                             "tokenized?)", path=tokenizer_dir)
         if differ:
             self.log(f"note: {differ} of {len(base)} items' SIDs re-encode differently here (near-ties); stage 2 "
-                     "starts from the table's SIDs")
+                     "re-derives them, and counts changed SIDs against the table")
         weights = {k: _digest(v.detach().cpu().numpy().tobytes()) for k, v in tok.tokenizer.state_tensors().items()}
         return mods, base, {"finetune": fingerprint_view("finetune", to_dict(self.cfg)["finetune"]),
                             "tokenizer": _digest(json.dumps(weights, sort_keys=True).encode()),

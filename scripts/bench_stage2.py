@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--page", help="also write a report page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
     if args.merge:
+        if not any(a == "--out" or a.startswith("--out=") for a in argv):
+            ap.error("--merge needs --out (the default is the CPU benchmark's own page)")
         *parts, notes = merged(args.merge)
         args.note = args.note or " ".join(notes)
         write_outputs(args, *parts)

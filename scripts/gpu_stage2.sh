@@ -42,11 +42,15 @@ ROOT=.gpu/stage2
 PY=${PYTHON:-python3}
 
 if [[ "${1:-}" == prepare ]]; then
+  (($# >= 3)) || { echo "usage: bash scripts/gpu_stage2.sh prepare DATASET_DIR TOKENIZER_DIR..." >&2; exit 2; }
   shift
   DATASET=$1
   shift
   mkdir -p "$ROOT"
-  for t in "$@"; do rm -rf "${ROOT:?}/$(basename "$t")" && cp -r "$t" "$ROOT/"; done
+  for t in "$@"; do
+    [[ -f "$t/sid_table.json" ]] || { echo "$t: not a tokenizer directory (no sid_table.json)" >&2; exit 1; }
+    rm -rf "${ROOT:?}/$(basename "$t")" && cp -r "$t" "$ROOT/" || exit 1
+  done
   $PY - "$DATASET" "$ROOT/data" <<'EOF' || exit 1
 import sys
 from mmq_rec.pipeline import Pipeline
@@ -82,17 +86,20 @@ export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUN
 $PY -c "import mmq_rec.pipeline" || { echo "mmq_rec does not import: carry the missing wheels in .whl/"; exit 1; }
 [[ "$DEVICE" == cuda ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-mapfile -t LINES < <(grep -v '^\s*\(#\|$\)' "${GPU_STAGE2_ROWS:-$ROOT/rows.txt}")
+ROWS_FILE=${GPU_STAGE2_ROWS:-$ROOT/rows.txt}
+[[ -f "$ROWS_FILE" ]] || { echo "$ROWS_FILE: no rows file (see this script's header)"; exit 1; }
+mapfile -t LINES < <(grep -v '^\s*\(#\|$\)' "$ROWS_FILE")
 ROWS=()
 for l in "${LINES[@]}"; do ROWS+=(--row "$l"); done
 COMMON=(-- --decode.valid_users 500 --device "$DEVICE")
 bench() { $PY scripts/bench_stage2.py --dataset "$ROOT/data" --work "$WORK/runs" "${ROWS[@]}" "$@" "${COMMON[@]}"; }
 
+running=0  # background jobs: the CUDA tests count as one while they run
 if [[ "$DEVICE" == cuda ]]; then  # the CUDA tests beside the runs
   timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py >"$WORK/logs/test_cuda.log" 2>&1 &
+  running=1
 fi
 # one job per row and seed, rows in the file's order, each row's seeds together
-running=0
 for l in "${LINES[@]}"; do
   name=${l%%=*}
   [[ " ${GPU_STAGE2_SKIP:-} " == *" $name "* ]] && continue
@@ -102,14 +109,16 @@ for l in "${LINES[@]}"; do
     if ((left < 150)); then echo "$name seed $seed: not started, ${left} s left"; continue; fi
     echo "$(($(date +%s) - START)) s: $name seed $seed (limit $left s)"
     timeout -k 10 "$left" bash -c "$(declare -f bench); $(declare -p PY ROOT WORK ROWS COMMON); bench --seeds $seed \
-      --only $name --threads 1 --out $WORK/out/$name-s$seed" >"$WORK/logs/$name-s$seed.log" 2>&1 &
+      --only $(printf %q "$name") --threads 1 --out $(printf %q "$WORK/out/$name-s$seed")" \
+      >"$WORK/logs/$name-s$seed.log" 2>&1 &
     running=$((running + 1))
   done
 done
 wait
 echo "$(($(date +%s) - START)) s: runs done; writing the page"
-bench --seeds ${GPU_STAGE2_SEEDS:-0 1 2} --finished-only --out benchmarks/stage2_gpu --page benchmarks/beauty-stage2-gpu \
-  >"$WORK/logs/merge.log" 2>&1 || tail -n 20 "$WORK/logs/merge.log"
+timeout 300 bash -c "$(declare -f bench); $(declare -p PY ROOT WORK ROWS COMMON); bench --seeds ${GPU_STAGE2_SEEDS:-0 1 2} \
+  --finished-only --out benchmarks/stage2_gpu --page benchmarks/beauty-stage2-gpu" >"$WORK/logs/merge.log" 2>&1 ||
+  tail -n 20 "$WORK/logs/merge.log"
 cat benchmarks/stage2_gpu.md 2>/dev/null
 [[ -f "$WORK/logs/test_cuda.log" ]] && echo "tests/test_cuda.py: $(tail -n 1 "$WORK/logs/test_cuda.log")"
 echo "$(($(date +%s) - START)) s in all"

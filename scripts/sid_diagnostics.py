@@ -43,15 +43,20 @@ def main() -> None:
                     big[codes[a, p]][codes[b, p]] += 1
             hits = [codes[s[-2], p] in {k for k, _ in big[codes[s[-3], p]].most_common(10)} for s in seqs]
             acc.append(round(float(np.mean(hits)), 3))
+        entropy = [round(float(-(f * np.log2(f)).sum()), 2)
+                   for f in (np.bincount(codes[:, p]) / len(codes) for p in range(ns)) for f in [f[f > 0]]]
         rows.append({"table": name, "tokenizer_dir": tok, "sid_length": int(codes.shape[1]),
-                     "valid_targets_in_collisions": round(collide, 3), "bigram_top10_accuracy": acc})
+                     "valid_targets_in_collisions": round(collide, 3), "bigram_top10_accuracy": acc,
+                     "entropy_bits": entropy})
     cmd = "python scripts/sid_diagnostics.py --dataset " + args.dataset + " " + " ".join(f"--table {t}" for t in args.table)
     md = ["# SID tables: collisions where the targets are, and behavioural predictability per position", "",
           f"Command: `{cmd} --out {args.out}`", "",
-          "| table | SID length | validation targets whose semantic tokens collide | top-10 bigram accuracy per position |",
-          "|---|---:|---:|---|"]
+          "| table | SID length | validation targets whose semantic tokens collide | top-10 bigram accuracy per position "
+          "| entropy per position (bits) |",
+          "|---|---:|---:|---|---|"]
     md += [f"| {r['table']} | {r['sid_length']} | {r['valid_targets_in_collisions']:.3f} | "
-           f"{', '.join(f'{a:.3f}' for a in r['bigram_top10_accuracy'])} |" for r in rows]
+           f"{', '.join(f'{a:.3f}' for a in r['bigram_top10_accuracy'])} | "
+           f"{', '.join(f'{e:.2f}' for e in r['entropy_bits'])} |" for r in rows]
     write_json(Path(args.out + ".json"), {"generated_by": "scripts/sid_diagnostics.py", "command": cmd, "rows": rows})
     write_text(Path(args.out + ".md"), "\n".join(md) + "\n")
 

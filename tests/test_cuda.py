@@ -136,8 +136,10 @@ def test_stage2_finetunes_on_cuda(run, target, capsys):
     out = run / f"stage2-{target}"
     assert main(["finetune", "--for", target, "--dataset", str(run / "ds"), "--tokenizer-dir", str(run / "tok"),
                  "--output", str(out), "--device", "cuda", "--json", *small]) == 0
-    capsys.readouterr()
     q = json.loads((out / "best" / "tokenizer" / "quality.json").read_text())
     assert q["unique_sids"] == q["num_items"] == 200
+    assert q["stage2"]["finetune"]["tau"] > 0 and len(q["stage2"]["changed_sids"]["per_position"]) == q["semantic_length"]
+    run_cfg = (out / "config.yaml").read_text()
+    assert "device: cuda" in run_cfg
     weights = load_file(out / "best" / "tokenizer" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())

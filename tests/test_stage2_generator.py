@@ -235,7 +235,8 @@ def test_stage2_accepts_a_near_tie_and_refuses_other_modalities(tmp_path, capsys
                  "", "--tokenizer", "mmq", "--output", str(tmp_path / "tok"), "--tokenize.mmq.codebook_size", "8",
                  "--tokenize.mmq.epochs", "5"]) == 0
     path = tmp_path / "tok" / "sid_table.json"
-    table = json.loads(path.read_text())
+    original = path.read_text()
+    table = json.loads(original)
     taken = {tuple(v) for v in table["items"].values()}
     codes = next(iter(table["items"].values()))
     codes[0] = next(c for c in range(8) if tuple([c, *codes[1:]]) not in taken)  # still unique
@@ -249,6 +250,9 @@ def test_stage2_accepts_a_near_tie_and_refuses_other_modalities(tmp_path, capsys
     capsys.readouterr()
     assert main([*run, "--output", str(tmp_path / "g")]) == 0
     assert "1 of 120 items' SIDs re-encode differently here" in capsys.readouterr().err
+    changed = json.loads((tmp_path / "g" / "best" / "tokenizer" / "quality.json").read_text())["stage2"]["changed_sids"]
+    assert changed["items"] > 0  # counted against the table: at least the near-tie item differs
+    table = json.loads(original)
     for codes in table["items"].values():  # every item's first token moved: not a near-tie
         codes[0] = (codes[0] + 1) % 8
     path.write_text(json.dumps(table))
