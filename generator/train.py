@@ -156,6 +156,21 @@ def budget_plan(cfg: TrainConfig, step: int, step_seconds: float, elapsed: float
             "seconds_per_step": round(per_step, 4), "seconds_per_validation": round(eval_seconds, 2)}
 
 
+def refit_plan(cfg: TrainConfig, plan: dict[str, Any], step: int, step_seconds: float, elapsed: float,
+               eval_seconds: float) -> dict[str, Any]:
+    """At a validation of a calibrated `max_minutes` run: the run's length re-fitted to the time
+    left at the step cost measured so far (`step_seconds` for `step` steps, validations excluded),
+    since a machine shared with other jobs slows down or speeds up after the calibration. The
+    validation cadence is kept, and so is a warmup already passed."""
+    per_step = step_seconds / max(step, 1)
+    evals_left = math.ceil(max(0, plan["total_steps"] - step) / plan["eval_every"])
+    steps_left = int((60 * cfg.max_minutes - elapsed - evals_left * eval_seconds) / per_step)
+    total = max(step, min(cfg.max_steps, step + steps_left))
+    warmup = plan["warmup_steps"] if step >= plan["warmup_steps"] else min(plan["warmup_steps"], max(1, total // 10))
+    return {**plan, "total_steps": total, "warmup_steps": warmup, "seconds_per_step": round(per_step, 4),
+            "seconds_per_validation": round(eval_seconds, 2)}
+
+
 def _calibration_due(cfg: TrainConfig, step: int, seconds: float) -> bool:
     """Time to measure the step cost: a few steps in, after 3% of the budget (at least 3 s)."""
     return step >= 5 and seconds >= max(3.0, 0.03 * 60 * cfg.max_minutes)
@@ -281,8 +296,16 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
             _log(accelerator, f"step {state['step']}: valid {cfg.metric} {value:.4f} "
                               f"(best {state['best_metric']:.4f} at {state['best_step']})")
         state["eval_seconds"] = time.perf_counter() - t_eval
+        # the time of the steps alone: train_seconds (measured before this validation) less the earlier ones
+        earlier = state.get("validation_seconds", 0.0)
+        state["validation_seconds"] = earlier + state["eval_seconds"]
+        if cfg.max_minutes > 0 and plan["calibrated"] and not calibrate and not out_of_time:
+            plan.update(broadcast_object_list([refit_plan(
+                cfg, plan, state["step"], state["train_seconds"] - earlier, time.perf_counter() - t0,
+                state["eval_seconds"])])[0])
+            bar.total = plan["total_steps"]
         if calibrate:  # before the checkpoint, so that a resumed run continues this very plan
-            new = budget_plan(cfg, state["step"], state["train_seconds"], time.perf_counter() - t0,
+            new = budget_plan(cfg, state["step"], state["train_seconds"] - earlier, time.perf_counter() - t0,
                               state["eval_seconds"])
             plan.update(broadcast_object_list([new])[0])
             bar.total = plan["total_steps"]

@@ -212,3 +212,24 @@ def test_two_processes_time_budget_stops_cleanly(tokenized, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     state = json.loads((tmp_path / "ddp" / "checkpoint" / "trainer_state.json").read_text())
     assert state["finished"] and state["plan"]["calibrated"] and len(state["history"]) >= 2
+
+
+def test_refit_plan_follows_the_machine_speed():
+    """After calibration, each validation re-fits the run's length to the time left at the step
+    cost measured so far: shorter when the machine slowed down, longer (up to max_steps) when it
+    sped up; the cadence stays, and a warmup already passed is not moved."""
+    from mmq_rec.generator.train import TrainConfig, refit_plan
+
+    cfg = TrainConfig(max_minutes=10, max_steps=5000, warmup_steps=500)
+    plan = {"total_steps": 1000, "warmup_steps": 100, "eval_every": 200, "eval_from": 10, "calibrated": True}
+    # 210 steps in 210 s of steps (1 s/step, as calibrated) and 300 s elapsed: 4 validations of 10 s left
+    same = refit_plan(cfg, plan, 210, 210.0, 300.0, 10.0)
+    assert same["total_steps"] == 210 + int((600 - 300 - 40) / 1.0) and same["eval_every"] == 200
+    assert same["warmup_steps"] == 100 and same["eval_from"] == 10  # warmup passed: kept
+    slow = refit_plan(cfg, plan, 210, 420.0, 500.0, 10.0)  # 2 s/step, 500 s gone: 60 s of steps left
+    assert slow["total_steps"] == 210 + int((600 - 500 - 40) / 2.0) == 240
+    assert refit_plan(cfg, plan, 210, 210.0, 700.0, 10.0)["total_steps"] == 210  # no time left: stop here
+    fast = refit_plan(cfg, plan, 210, 21.0, 300.0, 10.0)  # 0.1 s/step
+    assert fast["total_steps"] == min(5000, 210 + int(260 / 0.1)) == 2810
+    early = refit_plan(cfg, {**plan, "warmup_steps": 400}, 50, 500.0, 500.0, 10.0)  # in warmup, 10 s/step
+    assert early["total_steps"] < 400 and early["warmup_steps"] == max(1, early["total_steps"] // 10)
