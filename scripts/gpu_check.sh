@@ -47,15 +47,7 @@ MINUTES=${GPU_CHECK_MINUTES:-4}
 WORK=/tmp/mmq_gpu
 rm -rf "$WORK" && mkdir -p "$WORK/logs"
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >"$WORK/logs/wheels.log" 2>&1 ||
-    echo "installing the carried wheels failed: see $WORK/logs/wheels.log"
-fi
-SRC=/tmp/mmq_src
-rm -rf "$SRC" && mkdir -p "$SRC" && cp -r mmq "$SRC/mmq_rec"
-for p in recdata tokenizer generator eval; do ln -s "$PWD/$p" "$SRC/mmq_rec/$p"; done
-export PYTHONPATH="$SRC:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-export TOKENIZERS_PARALLELISM=false
+LOGS="$WORK/logs" source scripts/gpu_env.sh  # the carried wheels, the checkout as mmq_rec
 
 declare -A STATUS
 ORDER=()

@@ -72,17 +72,8 @@ JOBS=${GPU_STAGE2_JOBS:-6}
 DEVICE=${GPU_STAGE2_DEVICE:-cuda}
 WORK=/tmp/mmq_stage2
 rm -rf "$WORK" && mkdir -p "$WORK/logs" "$WORK/out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >"$WORK/logs/wheels.log" 2>&1 ||
-    echo "installing the carried wheels failed: see $WORK/logs/wheels.log"
-fi
-if ! $PY -c "import mmq_rec" 2>/dev/null; then  # not installed: the checkout's folders as the mmq_rec namespace
-  SRC=/tmp/mmq_src
-  rm -rf "$SRC" && mkdir -p "$SRC" && cp -r mmq "$SRC/mmq_rec"
-  for p in recdata tokenizer generator ranker eval; do ln -s "$PWD/$p" "$SRC/mmq_rec/$p"; done
-  export PYTHONPATH="$SRC:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
+LOGS="$WORK/logs" source scripts/gpu_env.sh  # the carried wheels, the checkout as mmq_rec
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
 $PY -c "import mmq_rec.pipeline" || { echo "mmq_rec does not import: carry the missing wheels in .whl/"; exit 1; }
 [[ "$DEVICE" == cuda ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 

@@ -43,8 +43,7 @@ def main() -> None:
                     big[codes[a, p]][codes[b, p]] += 1
             hits = [codes[s[-2], p] in {k for k, _ in big[codes[s[-3], p]].most_common(10)} for s in seqs]
             acc.append(round(float(np.mean(hits)), 3))
-        entropy = [round(float(-(f * np.log2(f)).sum()), 2)
-                   for f in (np.bincount(codes[:, p]) / len(codes) for p in range(ns)) for f in [f[f > 0]]]
+        entropy = [round(e, 2) for e in table.quality()["entropy"]]
         rows.append({"table": name, "tokenizer_dir": tok, "sid_length": int(codes.shape[1]),
                      "valid_targets_in_collisions": round(collide, 3), "bigram_top10_accuracy": acc,
                      "entropy_bits": entropy})
