@@ -35,6 +35,8 @@ from mmq_rec.recdata.io import atomic_dir, read_json, write_json
 from mmq_rec.tokenizer.sid import SID_TABLE_FILE, SIDTable
 from mmq_rec.tokenizer.training import resolve_device
 
+ALIGN_ITEMS = 1024
+"""Items drawn per training step for `RankerConfig.align_loss`."""
 REPRESENTATIONS = ("id", "sid", "sid_prefix", "id+sid", "id+sid_prefix")
 COMBINES = ("sum", "gate", "level_gate")
 LOSSES = ("full", "sampled")
@@ -60,6 +62,13 @@ class RankerConfig:
     """id+sid*: weight of a second cross-entropy whose output layer is the items' SID parts alone
     (the history read as usual), so that the SID part learns to score items by itself, as it does
     for rare items (mostly SID under the gate) and unseen ones."""
+    align_loss: float = 0.0
+    """id+sid*: weight of an InfoNCE loss that aligns each item's ID row with its own SID part (cosine
+    similarity / `align_tau`, against the other items of a uniform draw of ALIGN_ITEMS items seen in
+    training, both directions), so that a rare item's ID row is pulled towards what its SID's codes
+    and prefixes learned from the items that share them."""
+    align_tau: float = 0.1
+    """Temperature of `align_loss`."""
     prefix_table_size: int = 0
     """sid_prefix: rows of the prefix table; 0 = one row per distinct prefix, else prefixes are hashed into this many."""
     loss: str = "full"
@@ -102,6 +111,11 @@ class RankerConfig:
         if not self.sid_loss >= 0 or (self.sid_loss and "+" not in self.representation):
             raise ValueError(f"sid_loss: must be >= 0, and > 0 only for id+sid or id+sid_prefix (got "
                              f"{self.sid_loss!r} with {self.representation!r})")
+        if not self.align_loss >= 0 or (self.align_loss and "+" not in self.representation):
+            raise ValueError(f"align_loss: must be >= 0, and > 0 only for id+sid or id+sid_prefix (got "
+                             f"{self.align_loss!r} with {self.representation!r})")
+        if not self.align_tau > 0:
+            raise ValueError(f"align_tau: must be > 0 (got {self.align_tau!r})")
         if not self.prefix_table_size >= 0:
             raise ValueError(f"prefix_table_size: must be >= 0 (got {self.prefix_table_size!r})")
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -220,6 +234,16 @@ class ItemRepresentation(nn.Module):
             seen = seen * (torch.rand_like(seen) >= self.cfg.id_dropout).float()
         return seen
 
+    def align_loss(self, sid: torch.Tensor | None = None) -> torch.Tensor:
+        """`RankerConfig.align_loss`'s InfoNCE between the ID rows and the SID parts (`sid`: the SID
+        parts, when already computed) of ALIGN_ITEMS items drawn among those seen in training."""
+        seen = torch.nonzero(self.counts > 0).squeeze(1)
+        pick = seen[torch.randperm(len(seen), device=seen.device)[:ALIGN_ITEMS]]
+        sid = self.sid_part() if sid is None else sid
+        logits = F.normalize(self.id_emb(pick), dim=-1) @ F.normalize(sid[pick], dim=-1).T / self.cfg.align_tau
+        same = torch.arange(len(pick), device=logits.device)
+        return (F.cross_entropy(logits, same) + F.cross_entropy(logits.T, same)) / 2
+
     def forward(self, sid: torch.Tensor | None = None) -> torch.Tensor:
         """(N, d) item representations (`sid`: the SID part, when already computed)."""
         if self.sid_emb is None:
@@ -292,8 +316,11 @@ class SequentialRanker(nn.Module):
         keep = targets >= 0
         h, t = h[keep], targets[keep]
         loss = _cross_entropy(h, t, item_emb, neg_items, neg_logq)
+        sid = self.items.sid_part() if self.cfg.sid_loss or self.cfg.align_loss else None
         if self.cfg.sid_loss:
-            loss = loss + self.cfg.sid_loss * _cross_entropy(h, t, self.items.sid_part(), neg_items, neg_logq)
+            loss = loss + self.cfg.sid_loss * _cross_entropy(h, t, sid, neg_items, neg_logq)
+        if self.cfg.align_loss:
+            loss = loss + self.cfg.align_loss * self.items.align_loss(sid)
         return loss
 
 

@@ -306,3 +306,29 @@ def test_rank_errors_are_one_line(tokenized, tmp_path, capsys):
     assert main(["rank", "train", "--dataset", str(d / "ds"), "--tokenizer-dir", str(d / "tok"),
                  "--ranker.representation", "ids"]) == 2
     assert "ranker.representation" in capsys.readouterr().err
+
+
+def test_align_loss_pulls_each_id_row_towards_its_own_sid_part():
+    x = torch.as_tensor(HIST)
+    y = torch.as_tensor([[-1, -1, 1, 2, 4], [-1, -1, -1, -1, 0], [3, 1, 0, 5, 2]])
+    plain, aligned = ranker("id+sid_prefix"), ranker("id+sid_prefix", align_loss=0.5, align_tau=0.2)
+    items = aligned.items
+    torch.manual_seed(3)
+    total = aligned.loss(x, y)
+    torch.manual_seed(3)  # the same draw of items (here: every item seen in training)
+    pick = torch.nonzero(items.counts > 0).squeeze(1)[torch.randperm(int((items.counts > 0).sum()))]
+    a = torch.nn.functional.normalize(items.id_emb.weight[pick], dim=-1)
+    b = torch.nn.functional.normalize(items.sid_part()[pick], dim=-1)
+    logits, same = a @ b.T / 0.2, torch.arange(len(pick))
+    by_hand = (torch.nn.functional.cross_entropy(logits, same) + torch.nn.functional.cross_entropy(logits.T, same)) / 2
+    assert torch.allclose(total, plain.loss(x, y) + 0.5 * by_hand, atol=1e-6)
+    # an ID row that the alignment moves is that of an item seen in training, and never an unseen one
+    items.id_emb.weight.grad = None
+    items.align_loss().backward()
+    grad = items.id_emb.weight.grad.abs().sum(1)
+    assert (grad[items.counts > 0] > 0).all() and (grad[items.counts == 0] == 0).all()
+    assert items.sid_emb.weight.grad.abs().sum() > 0
+    for bad in ({"representation": "sid_prefix", "align_loss": 0.5}, {"align_loss": -1.0}, {"align_tau": 0.0}):
+        with pytest.raises(ValueError, match="align_"):
+            RankerConfig(**bad)
+    assert "align_loss" not in fingerprint_view("ranker", vars(RankerConfig()))
