@@ -185,11 +185,13 @@ def write_outputs(args, cmds: list[str], env: dict, overrides: list[str], rows: 
                   missing: list[str]) -> None:
     summary = summarise(rows, runs)
     cmd = " && ".join(cmds)
-    write_json(Path(args.out).with_suffix(".json"), {
+    out = Path(args.out)  # a stem: a row name in it may hold a dot (tau0.03)
+    out = out.with_suffix("") if out.suffix in (".json", ".md") else out
+    write_json(out.with_name(out.name + ".json"), {
         "generated_by": "scripts/bench_stage2.py", "command": cmd, "environment": env, "overrides": overrides,
         **summary, "rows": {n: {k: v for k, v in r.items() if k != "name"} for n, r in rows.items()}, "runs": runs,
         "not_finished": missing, **({"note": args.note} if args.note else {})})
-    write_text(Path(args.out).with_suffix(".md"), render(cmd, env, rows, runs, summary, missing, args.note))
+    write_text(out.with_name(out.name + ".md"), render(cmd, env, rows, runs, summary, missing, args.note))
     if args.page:
         systems = {n: system_entry(rows[n]["kind"].split("-")[0], [
             {"seed": x["seed"], "metrics": x["test"], "device": x["device"], "train_minutes": x["train_minutes"],
@@ -276,7 +278,7 @@ def render(cmd: str, env: dict, rows: dict, runs: dict, summary: dict, missing: 
            "base on validation; test is shown beside it and chooses nothing." + (f" {note}" if note else ""),
            f"Command: `{cmd}`", "\n".join(lines)]
     if missing:
-        out.append("Left out, not finished in time: " + "; ".join(missing) + ".")
+        out.append("Left out, not finished (out of time, or failed: see the run logs): " + "; ".join(missing) + ".")
     if summary.get("stage2"):
         s2 = ["| stage-2 row | base | seeds | valid R@10 stage 1 → 2 | test R@10 stage 1 → 2 | items whose SID changed "
               "| collision rate before → after | utilisation after (mean) |", "|---|---|---|---|---|---:|---|---:|"]

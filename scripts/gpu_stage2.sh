@@ -33,7 +33,12 @@
 #     benchmarks/stage2_gpu_calls/call2.json --out benchmarks/stage2_gpu --page benchmarks/beauty-stage2-gpu --note ...
 # Settings (environment): GPU_STAGE2_SECONDS (budget, default 530), GPU_STAGE2_JOBS (runs at once,
 # default 6), GPU_STAGE2_SEEDS (default "0 1 2"), GPU_STAGE2_DEVICE (default cuda), GPU_STAGE2_ROWS
-# (default .gpu/stage2/rows.txt), GPU_STAGE2_SKIP (rows not run, e.g. bases run by an earlier call).
+# (default .gpu/stage2/rows.txt), GPU_STAGE2_SKIP (rows not run, e.g. bases run by an earlier call),
+# GPU_STAGE2_OUT / GPU_STAGE2_PAGE (the page, default benchmarks/stage2_gpu and benchmarks/beauty-stage2-gpu).
+# Ranker rows run too ('NAME=ranker TOKENIZER --ranker.representation ...'); a 'ranker-stage2:BASE' row's
+# job waits for BASE's run of the same seed, which it starts from (list BASE first). Checked on the CPU
+# with one-epoch ranker rows: GPU_STAGE2_DEVICE=cpu GPU_STAGE2_SEEDS=0 GPU_STAGE2_JOBS=2 \
+#   GPU_STAGE2_ROWS=ROWS GPU_STAGE2_OUT=/tmp/x GPU_STAGE2_PAGE=/tmp/x-page bash scripts/gpu_stage2.sh run
 # The machine needs the wheels gpu_check.sh's header names (on this image: datasets, dill,
 # multiprocess, faiss-cpu) in .whl/.
 set -uo pipefail
@@ -78,6 +83,8 @@ $PY -c "import mmq_rec.pipeline" || { echo "mmq_rec does not import: carry the m
 [[ "$DEVICE" == cuda ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 ROWS_FILE=${GPU_STAGE2_ROWS:-$ROOT/rows.txt}
+PAGE_OUT=${GPU_STAGE2_OUT:-benchmarks/stage2_gpu}  # .md/.json
+PAGE_DIR=${GPU_STAGE2_PAGE:-benchmarks/beauty-stage2-gpu}
 [[ -f "$ROWS_FILE" ]] || { echo "$ROWS_FILE: no rows file (see this script's header)"; exit 1; }
 mapfile -t LINES < <(grep -v '^\s*\(#\|$\)' "$ROWS_FILE")
 ROWS=()
@@ -94,13 +101,22 @@ fi
 for l in "${LINES[@]}"; do
   name=${l%%=*}
   [[ " ${GPU_STAGE2_SKIP:-} " == *" $name "* ]] && continue
+  kind=${l#*=}
+  kind=${kind%% *}
+  base=""  # a ranker stage-2 row starts from its base row's ranker of the same seed: its job waits for it
+  [[ "$kind" == ranker-stage2:* ]] && base=${kind#ranker-stage2:}
   for seed in ${GPU_STAGE2_SEEDS:-0 1 2}; do
     while ((running >= JOBS)); do wait -n; running=$((running - 1)); done
     left=$((DEADLINE - MERGE_S - $(date +%s)))
     if ((left < 150)); then echo "$name seed $seed: not started, ${left} s left"; continue; fi
     echo "$(($(date +%s) - START)) s: $name seed $seed (limit $left s)"
-    timeout -k 10 "$left" bash -c "$(declare -f bench); $(declare -p PY ROOT WORK ROWS COMMON); bench --seeds $seed \
-      --only $(printf %q "$name") --threads 1 --out $(printf %q "$WORK/out/$name-s$seed")" \
+    wait_base=""  # until the base job has ended (.done), then only if it wrote its results
+    b=$(printf %q "$WORK/out/$base-s$seed")
+    [[ -n "$base" ]] && wait_base="until [[ -f $b.done ]]; do sleep 5; done; [[ -f $b.json ]] || \
+      { echo 'base run $base seed $seed did not finish'; exit 1; };"
+    o=$(printf %q "$WORK/out/$name-s$seed")
+    timeout -k 10 "$left" bash -c "$wait_base $(declare -f bench); $(declare -p PY ROOT WORK ROWS COMMON); \
+      bench --seeds $seed --only $(printf %q "$name") --threads 1 --out $o; rc=\$?; touch $o.done; exit \$rc" \
       >"$WORK/logs/$name-s$seed.log" 2>&1 &
     running=$((running + 1))
   done
@@ -108,15 +124,15 @@ done
 wait
 echo "$(($(date +%s) - START)) s: runs done; writing the page"
 timeout 300 bash -c "$(declare -f bench); $(declare -p PY ROOT WORK ROWS COMMON); bench --seeds ${GPU_STAGE2_SEEDS:-0 1 2} \
-  --finished-only --out benchmarks/stage2_gpu --page benchmarks/beauty-stage2-gpu" >"$WORK/logs/merge.log" 2>&1 ||
+  --finished-only --out $(printf %q "$PAGE_OUT") --page $(printf %q "$PAGE_DIR")" >"$WORK/logs/merge.log" 2>&1 ||
   tail -n 20 "$WORK/logs/merge.log"
-cat benchmarks/stage2_gpu.md 2>/dev/null
+cat "$PAGE_OUT.md" 2>/dev/null
 [[ -f "$WORK/logs/test_cuda.log" ]] && echo "tests/test_cuda.py: $(tail -n 1 "$WORK/logs/test_cuda.log")"
 echo "$(($(date +%s) - START)) s in all"
 
 if [[ -n "${OUT:-}" ]]; then
-  cp benchmarks/stage2_gpu.md benchmarks/stage2_gpu.json "$OUT/" 2>/dev/null
-  cp benchmarks/beauty-stage2-gpu/report.{html,md,json} "$OUT/" 2>/dev/null
+  cp "$PAGE_OUT.md" "$PAGE_OUT.json" "$OUT/" 2>/dev/null
+  cp "$PAGE_DIR"/report.{html,md,json} "$OUT/" 2>/dev/null
   tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
   (cd "$WORK/runs" 2>/dev/null && tar -czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude=checkpoint --exclude=logs .)
 fi
