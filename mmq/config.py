@@ -495,7 +495,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 # behaviour: at that value they are left out of run and stage fingerprints, so runs and cached
 # stages from before the option existed stay valid (any other value is a new configuration).
 LATER_OPTIONS: dict[str, dict[str, Any]] = {"generator": {"item_id_embedding": False},
-                                             "ranker": {"sid_loss": 0.0, "align_loss": 0.0, "align_tau": 0.1},
+                                             "ranker": {"sid_loss": 0.0, "align_loss": 0.0, "align_tau": 0.1,
+                                                        "id_min_count": 0},
                                              "finetune": {"init_from": ""}}
 
 

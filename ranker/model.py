@@ -58,6 +58,9 @@ class RankerConfig:
     id_dropout: float = 0.0
     """id+sid*: in training, the share of items (drawn afresh each step) represented by their SID part
     alone, as unseen items are, so that the SID part learns to stand for an item by itself."""
+    id_min_count: int = 0
+    """id+sid*: items with fewer training interactions than this have no ID part (weight 0, in training
+    and at ranking time): they are represented by their SID part alone, as unseen items are."""
     sid_loss: float = 0.0
     """id+sid*: weight of a second cross-entropy whose output layer is the items' SID parts alone
     (the history read as usual), so that the SID part learns to score items by itself, as it does
@@ -116,6 +119,9 @@ class RankerConfig:
                              f"{self.align_loss!r} with {self.representation!r})")
         if not self.align_tau > 0:
             raise ValueError(f"align_tau: must be > 0 (got {self.align_tau!r})")
+        if not self.id_min_count >= 0 or (self.id_min_count and "+" not in self.representation):
+            raise ValueError(f"id_min_count: must be >= 0, and > 0 only for id+sid or id+sid_prefix (got "
+                             f"{self.id_min_count!r} with {self.representation!r})")
         if not self.prefix_table_size >= 0:
             raise ValueError(f"prefix_table_size: must be >= 0 (got {self.prefix_table_size!r})")
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -228,8 +234,9 @@ class ItemRepresentation(nn.Module):
         return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=1).nan_to_num(0.0)
 
     def id_weight_mask(self) -> torch.Tensor:
-        """(N, 1): 1 for items whose ID row is used (seen in training, not dropped this step), else 0."""
-        seen = (self.counts > 0).float()[:, None]
+        """(N, 1): 1 for items whose ID row is used (seen in training, at least `id_min_count` times, and not
+        dropped this step), else 0."""
+        seen = (self.counts >= max(1, self.cfg.id_min_count)).float()[:, None]
         if self.training and self.cfg.id_dropout > 0:
             seen = seen * (torch.rand_like(seen) >= self.cfg.id_dropout).float()
         return seen

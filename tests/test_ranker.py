@@ -332,3 +332,18 @@ def test_align_loss_pulls_each_id_row_towards_its_own_sid_part():
         with pytest.raises(ValueError, match="align_"):
             RankerConfig(**bad)
     assert "align_loss" not in fingerprint_view("ranker", vars(RankerConfig()))
+
+
+@pytest.mark.parametrize("combine", ["sum", "gate", "level_gate"])
+def test_items_rarer_than_id_min_count_are_their_sid_part_alone(combine):
+    m = ranker("id+sid_prefix", combine=combine, id_min_count=3).eval()
+    with torch.no_grad():
+        rep = m.items()
+        rows = m.items.sid_emb(m.items.sid_rows)
+        sid = m.items.sid_part() if combine != "level_gate" else (m.items.level_weights()[:, 1:, None] * rows).sum(1)
+    rare = torch.as_tensor(COUNTS < 3)  # counts 1, 0, 2: items 2, 3, 5
+    assert torch.allclose(rep[rare], sid[rare], atol=1e-6)
+    assert not torch.allclose(rep[~rare], sid[~rare], atol=1e-3)  # the others keep an ID part
+    with pytest.raises(ValueError, match="id_min_count"):
+        RankerConfig(representation="sid_prefix", id_min_count=3)
+    assert "id_min_count" not in fingerprint_view("ranker", vars(RankerConfig()))
