@@ -376,6 +376,12 @@ def train_generator(codec: SIDCodec, train_histories: torch.Tensor, train_target
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     bar.close()
+    # Every rank reaches the end before the process group is torn down, and the DDP wrapper that holds
+    # it is released first: once, in a 2-process CPU run, rank 1 stayed blocked for good while freeing
+    # its wrapper after rank 0 had already exited.
+    accelerator.wait_for_everyone()
+    net = optim = None  # noqa: F841 (the closures above hold them too)
+    accelerator.free_memory()
     accelerator.end_training()
     return state
 
