@@ -10,10 +10,11 @@ from mmq_rec.ranker.model import SequentialRanker
 
 @torch.no_grad()
 def rank_full(model: SequentialRanker, histories: np.ndarray, k: int, batch_size: int = 1024,
-              exclude_history: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              exclude_history: bool = False, popularity_correction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(U, H) item-row histories (-1 padded) -> (top-k items (U, k), their scores) over the whole
     catalogue; `exclude_history` drops the items already in each history (-1 pads a list when
-    fewer than k items are left)."""
+    fewer than k items are left); `popularity_correction` T lowers every score by T log(1 + the
+    item's training count)."""
     was_training = model.training
     model.eval()
     dev = model.device
@@ -23,6 +24,8 @@ def rank_full(model: SequentialRanker, histories: np.ndarray, k: int, batch_size
     for s in range(0, len(histories), batch_size):
         h = torch.as_tensor(histories[s:s + batch_size], device=dev)
         sc = model.encode(h, item_emb)[:, -1] @ item_emb.T
+        if popularity_correction:
+            sc = sc - popularity_correction * torch.log1p(model.items.counts)
         if exclude_history:
             rows = torch.arange(len(h), device=dev)[:, None].expand_as(h)
             keep = h >= 0

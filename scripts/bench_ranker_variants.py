@@ -21,31 +21,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmq_rec.benchmark import split_overrides
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.pipeline import Pipeline
+from mmq_rec.ranker.rank import rank_full
 from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 BUCKETS = ("all", "head", "tail", "long_tail", "cold")
 
 
-@torch.no_grad()
 def adjusted_recall(pipe: Pipeline, ds, run: Path, split_name: str, tau: float) -> dict[str, float]:
     """R@10 by bucket of a trained ranker whose scores are lowered by tau * log(1 + training count)."""
-    model = pipe.ranker(run / "best", ds).eval()
     part = getattr(pipe.split(ds), split_name)
-    emb = model.items()
-    prior = tau * torch.log1p(model.items.counts)
-    top = []
-    for s in range(0, len(part), 1024):
-        h = torch.as_tensor(part.histories[s:s + 1024], device=model.device)
-        top.append((model.encode(h, emb)[:, -1] @ emb.T - prior).topk(10, dim=1).indices.cpu().numpy())
-    res = evaluate_rankings(np.concatenate(top), part.targets, ds.num_items, [10],
-                            pipe.buckets(ds).of_targets(part.targets))
+    top, _ = rank_full(pipe.ranker(run / "best", ds), part.histories, 10, popularity_correction=tau)
+    res = evaluate_rankings(top, part.targets, ds.num_items, [10], pipe.buckets(ds).of_targets(part.targets))
     return {b: res[b]["recall@10"] for b in BUCKETS if b in res}
 
 

@@ -27,28 +27,23 @@ import torch
 from mmq_rec.benchmark import split_overrides
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.pipeline import Pipeline
+from mmq_rec.ranker.rank import rank_full
 from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 BUCKETS = ("all", "head", "tail", "long_tail")
 
 
-@torch.no_grad()
 def sweep(pipe: Pipeline, ds, run: str, ts: list[float]) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {T: {bucket: R@10}}} of one trained ranker under score - T log(1 + n)."""
-    model = pipe.ranker(Path(run) / "best", ds).eval()
-    emb = model.items()
-    prior = torch.log1p(model.items.counts)
+    model = pipe.ranker(Path(run) / "best", ds)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for split_name in ("valid", "test"):
         part = getattr(pipe.split(ds), split_name)
         buckets = pipe.buckets(ds).of_targets(part.targets)
-        states = torch.cat([model.encode(torch.as_tensor(part.histories[s:s + 1024], device=model.device), emb)[:, -1]
-                            for s in range(0, len(part), 1024)])
-        scores = states @ emb.T
         out[split_name] = {}
         for t in ts:
-            top = (scores - t * prior).topk(10, dim=1).indices.cpu().numpy()
+            top, _ = rank_full(model, part.histories, 10, popularity_correction=t)
             res = evaluate_rankings(top, part.targets, ds.num_items, [10], buckets)
             out[split_name][str(t)] = {b: res[b]["recall@10"] for b in BUCKETS if b in res}
     return out

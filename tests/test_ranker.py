@@ -347,3 +347,12 @@ def test_items_rarer_than_id_min_count_are_their_sid_part_alone(combine):
     with pytest.raises(ValueError, match="id_min_count"):
         RankerConfig(representation="sid_prefix", id_min_count=3)
     assert "id_min_count" not in fingerprint_view("ranker", vars(RankerConfig()))
+
+
+def test_rank_full_popularity_correction_lowers_scores_by_log_counts():
+    m = ranker("id+sid_prefix").eval()
+    with torch.no_grad():
+        expected = m.scores(torch.as_tensor(HIST)) - 0.5 * torch.log1p(torch.as_tensor(COUNTS, dtype=torch.float32))
+    items, scores = rank_full(m, HIST, 6, popularity_correction=0.5)
+    assert np.allclose(scores, expected.sort(dim=1, descending=True).values.numpy(), atol=1e-6)
+    assert np.array_equal(rank_full(m, HIST, 6)[0], rank_full(m, HIST, 6, popularity_correction=0.0)[0])
