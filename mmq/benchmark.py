@@ -83,10 +83,11 @@ def environment(device: str) -> dict[str, str]:
 def system_entry(kind: str, runs: Sequence[Mapping[str, Any]], tokenizer: str | None = None) -> dict[str, Any]:
     """Several seeds' results of one system -> its report entry."""
     train = [r["train_minutes"] for r in runs if r.get("train_minutes") is not None]
+    speed = [r["users_per_second"] for r in runs if r.get("users_per_second") is not None]
     return {"kind": kind, "tokenizer": tokenizer, "seeds": [r.get("seed") for r in runs],
             "metrics": mean_std([r["metrics"] for r in runs]),
             "train_minutes": float(np.mean(train)) if train else None,
-            "users_per_second": float(np.mean([r.get("users_per_second", 0) for r in runs])),
+            "users_per_second": float(np.mean(speed)) if speed else None,
             "device": runs[0].get("device", ""), "runs": list(runs)}
 
 
@@ -141,7 +142,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "| device |\n|---|---|---:|---:|---:|---|\n"
               + "\n".join(f"| {n} | {', '.join(map(str, s.get('seeds', [])))} | "
                           f"{'–' if s.get('train_minutes') is None else format(s['train_minutes'], '.1f')} | "
-                          f"{s.get('users_per_second') or 0:.0f} | "
+                          f"{'–' if s.get('users_per_second') is None else format(s['users_per_second'], '.0f')} | "
                           f"{s['metrics'].get('all', {}).get('invalid_rate', 0):.4f} | {s.get('device', '')} |"
                           for n, s in systems.items())]
     if report.get("tokenizers"):

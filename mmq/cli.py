@@ -201,6 +201,25 @@ def _rank_evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
                           f"in {result['decode_seconds']}s on {result['device']}.")
 
 
+def _rank_calibrate(args: argparse.Namespace, cfg) -> dict[str, Any]:
+    from mmq_rec.ranker.rank import CORRECTION_GRID
+
+    pipe = _pipeline(args, cfg)
+    res = pipe.rank_calibrate(pipe.dataset(), args.ranker, args.output, reference=args.reference, floor=args.floor,
+                              max_drop=args.max_drop, grid=args.grid or CORRECTION_GRID, metric=args.metric,
+                              overwrite=args.overwrite)
+    if not args.json:
+        m = res["metric"]
+        print(f"| T | valid {m} | " + " | ".join(f"{g} {m}" for g in res["sweep"]["0.0"] if g != "all") + " |")
+        for t, v in res["sweep"].items():
+            mark = " ←" if float(t) == res["chosen"] else ""
+            print(f"| {t}{mark} | {v['all']:.4f} | " + " | ".join(f"{x:.4f}" for g, x in v.items() if g != "all") + " |")
+        met = "" if res["floor_met"] else " (no T reaches the floor: T = 0, the ranker as trained)"
+        print(f"floor {res['floor']:.4f} ({m}, validation, {res['users']:,} users); chosen T = {res['chosen']}{met} "
+              f"-> {res['output']}")
+    return res
+
+
 def _benchmark(args: argparse.Namespace, cfg) -> dict[str, Any]:
     from mmq_rec.benchmark import run_benchmark
 
@@ -445,6 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
     device(sp)
     sp.add_argument("--split", choices=("test", "valid"), default="test")
     sp.add_argument("--report", help="write REPORT.md and REPORT.json")
+
+    sp = add_rank("calibrate", _rank_calibrate, "Choose a ranker's popularity correction T (scores lowered by "
+                  "T log(1 + training count) at ranking time) on validation: the largest T whose overall accuracy "
+                  "keeps a floor; writes a copy of the ranker with T set.")
+    sp.add_argument("--dataset", help="prepared dataset directory")
+    sp.add_argument("--ranker", required=True, help="ranker directory (e.g. RUN/best)")
+    sp.add_argument("--output", required=True, help="new directory for the calibrated ranker")
+    floor = sp.add_mutually_exclusive_group(required=True)
+    floor.add_argument("--reference", help="ranker directory whose validation accuracy is the floor (e.g. the "
+                                           "item-ID ranker's RUN/best)")
+    floor.add_argument("--floor", type=float, help="the floor, a validation value of --metric")
+    floor.add_argument("--max-drop", type=float, help="the floor is the ranker's own value at T = 0 less this share "
+                                                      "(e.g. 0.02)")
+    sp.add_argument("--metric", default="recall@10", help="recall@K or ndcg@K (default: recall@10)")
+    sp.add_argument("--grid", type=float, nargs="+", help="corrections T to try (default: 0 to 1, "
+                                                          "see mmq_rec.ranker.rank.CORRECTION_GRID)")
+    overwrite(sp)
+    device(sp)
 
     sp = add("recommend", _recommend, "Recommend items for a history (or a file of users) with a trained generator, "
                                       "a ranker, or both (generate -> rank).")

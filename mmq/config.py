@@ -496,7 +496,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 # stages from before the option existed stay valid (any other value is a new configuration).
 LATER_OPTIONS: dict[str, dict[str, Any]] = {"generator": {"item_id_embedding": False},
                                              "ranker": {"sid_loss": 0.0, "align_loss": 0.0, "align_tau": 0.1,
-                                                        "id_min_count": 0},
+                                                        "id_min_count": 0, "popularity_correction": 0.0,
+                                                        "logit_adjust": 0.0},
                                              "finetune": {"init_from": ""}}
 
 

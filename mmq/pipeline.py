@@ -36,13 +36,13 @@ from mmq_rec.generator.objective import all_position_windows
 from mmq_rec.generator.recommend import DTYPES, Recommendation, Recommender
 from mmq_rec.generator.stage2 import stage2_generator_hooks, stage2_table
 from mmq_rec.generator.train import read_checkpoint_state, train_generator
-from mmq_rec.ranker.model import WEIGHTS_FILE, SequentialRanker, build_ranker, load_ranker
-from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
+from mmq_rec.ranker.model import RANKER_FILE, WEIGHTS_FILE, SequentialRanker, build_ranker, load_ranker
+from mmq_rec.ranker.rank import CORRECTION_GRID, candidate_scores, correction_sweep, rank_full, rerank
 from mmq_rec.ranker.stage2 import TOKENIZER_DIR, build_stage2, stage2_hooks, warm_start
 from mmq_rec.ranker.train import check_single_process, train_ranker
 from mmq_rec.ranker.train import read_checkpoint as read_ranker_checkpoint
 from mmq_rec.recdata.errors import DataError
-from mmq_rec.recdata.io import check_output, claim_dir, read_json, write_json, write_text
+from mmq_rec.recdata.io import atomic_dir, check_output, claim_dir, read_json, write_json, write_text
 from mmq_rec.recdata.schema import RecDataset
 from mmq_rec.tokenizer.api import TOKENIZERS, Tokenization, tokenize
 from mmq_rec.tokenizer.baselines import ExternalTokenizer
@@ -656,6 +656,61 @@ class Pipeline:
                 "exclude_history": exclude_history,
                 f"valid_{cfg.ranker.metric}_by_weight": {str(w): round(v, 5) for w, v in choice.items()},
                 "device": str(model.device)}
+
+    def rank_calibrate(self, ds: RecDataset, ranker_dir: str | Path, output: str | Path, *,
+                       reference: str | Path | None = None, floor: float | None = None,
+                       max_drop: float | None = None, grid: Sequence[float] = CORRECTION_GRID,
+                       metric: str = "recall@10", overwrite: bool = False) -> dict[str, Any]:
+        """Choose the ranker's popularity correction T (`ranker.popularity_correction`: scores lowered
+        by T log(1 + n) at ranking time) on the validation split, every user: the largest T of `grid`
+        whose overall `metric` is still at least a floor; the floor is the `reference` ranker's
+        validation `metric` (e.g. the item-ID ranker's, as trained), a given `floor`, or the ranker's
+        own value at T = 0 less a `max_drop` share. When no T reaches the floor, T = 0. OUTPUT is a
+        copy of the ranker directory with T set (the input is left as it is) and the sweep recorded
+        in its ranker.json under "calibration". Test is never read."""
+        if sum(x is not None for x in (reference, floor, max_drop)) != 1:
+            raise DataError("give exactly one of a reference ranker, a floor or a max drop", field="floor")
+        kind, _, k = metric.partition("@")
+        if kind not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
+            raise DataError(f"must be recall@K or ndcg@K (got {metric!r})", field="metric")
+        if max_drop is not None and not 0 <= max_drop < 1:
+            raise DataError(f"must be in [0, 1) (got {max_drop!r})", field="max_drop")
+        if floor is not None and not floor >= 0:
+            raise DataError(f"must be >= 0 (got {floor!r})", field="floor")
+        ts = sorted({0.0, *map(float, grid)})
+        if ts[0] < 0:
+            raise DataError(f"corrections must be >= 0 (got {ts[0]})", field="grid")
+        if Path(output).resolve() == Path(ranker_dir).resolve():
+            raise DataError("the calibrated ranker is written to a new directory: give another --output",
+                            path=output)
+        check_output(output, "ranker", overwrite=overwrite)
+        model = self.ranker(ranker_dir, ds)
+        valid = self.split(ds).valid
+        groups = self.buckets(ds).of_targets(valid.targets)
+
+        def score(items: np.ndarray) -> dict[str, float]:
+            res = evaluate_rankings(items, valid.targets, ds.num_items, [int(k)], groups)
+            return {g: float(v[metric]) for g, v in res.items() if metric in v}
+
+        sweep = {t: score(items) for t, items in correction_sweep(model, valid.histories, ts, int(k)).items()}
+        source = {"max_drop": max_drop} if max_drop is not None else {"floor": floor}
+        if reference is not None:
+            ref = self.ranker(reference, ds)
+            floor = score(rank_full(ref, valid.histories, int(k))[0])["all"]
+            source = {"reference": str(reference), "reference_correction": ref.cfg.popularity_correction}
+        elif max_drop is not None:
+            floor = (1 - max_drop) * sweep[0.0]["all"]
+        ok = [t for t in ts if sweep[t]["all"] >= floor]
+        chosen = max(ok) if ok else 0.0
+        calibration = {"metric": metric, "split": "valid", "users": len(valid), "floor": floor, **source,
+                       "chosen": chosen, "floor_met": bool(ok), "source": str(ranker_dir),
+                       "sweep": {str(t): v for t, v in sweep.items()}}
+        info = read_json(Path(ranker_dir) / RANKER_FILE)
+        info["config"] = {**info["config"], "popularity_correction": chosen}
+        with atomic_dir(output, "ranker", overwrite=overwrite) as tmp:
+            shutil.copytree(ranker_dir, tmp, dirs_exist_ok=True)
+            write_json(tmp / RANKER_FILE, {**info, "calibration": calibration})
+        return {"output": str(output), **calibration}
 
     # ------------------------------------------------------------------ serving
     def recommend(self, model_dir: str | Path | None, histories: Sequence[Sequence[str]], k: int = 10,

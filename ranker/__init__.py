@@ -9,7 +9,7 @@ from mmq_rec.ranker.model import (
            load_ranker,
            save_ranker,
 )
-from mmq_rec.ranker.rank import candidate_scores, rank_full, rerank
+from mmq_rec.ranker.rank import CORRECTION_GRID, candidate_scores, correction_sweep, rank_full, rerank
 
 __all__ = ["REPRESENTATIONS", "RankerConfig", "SequentialRanker", "build_ranker", "load_ranker", "save_ranker",
-           "candidate_scores", "rank_full", "rerank"]
+           "CORRECTION_GRID", "candidate_scores", "correction_sweep", "rank_full", "rerank"]

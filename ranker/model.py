@@ -72,6 +72,9 @@ class RankerConfig:
     and prefixes learned from the items that share them."""
     align_tau: float = 0.1
     """Temperature of `align_loss`."""
+    logit_adjust: float = 0.0
+    """Training only: the softmax logits get + tau log(1 + n) (n: the item's training count), the logit-adjusted
+    loss of Menon et al. (2021), so that the scores learn what the popularity prior does not explain."""
     prefix_table_size: int = 0
     """sid_prefix: rows of the prefix table; 0 = one row per distinct prefix, else prefixes are hashed into this many."""
     loss: str = "full"
@@ -88,6 +91,10 @@ class RankerConfig:
     """Stop after this many epochs without a better validation metric."""
     metric: str = "ndcg@10"
     """Validation metric for early stopping and checkpoint choice."""
+    popularity_correction: float = 0.0
+    """At ranking time only (training is unchanged): every item's score is lowered by T log(1 + n), n its
+    training count, which moves recall from popular items to rare ones. `mmq rank calibrate` chooses T
+    on validation (the largest T that keeps a floor of overall accuracy)."""
     candidates: list[int] = field(default_factory=lambda: [50, 100, 200])
     """Generate -> rank: numbers of generator candidates (beam width) to re-rank."""
     fusion_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
@@ -122,6 +129,10 @@ class RankerConfig:
         if not self.id_min_count >= 0 or (self.id_min_count and "+" not in self.representation):
             raise ValueError(f"id_min_count: must be >= 0, and > 0 only for id+sid or id+sid_prefix (got "
                              f"{self.id_min_count!r} with {self.representation!r})")
+        if not self.logit_adjust >= 0:
+            raise ValueError(f"logit_adjust: must be >= 0 (got {self.logit_adjust!r})")
+        if not self.popularity_correction >= 0:
+            raise ValueError(f"popularity_correction: must be >= 0 (got {self.popularity_correction!r})")
         if not self.prefix_table_size >= 0:
             raise ValueError(f"prefix_table_size: must be >= 0 (got {self.prefix_table_size!r})")
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -307,10 +318,18 @@ class SequentialRanker(nn.Module):
         mask = mask.repeat_interleave(self.cfg.num_heads, dim=0)
         return self.norm(self.encoder(x, mask=mask))
 
+    def score_bias(self, popularity_correction: float | None = None) -> torch.Tensor | None:
+        """(num_items,) amount added to every ranking score: -T log(1 + n) (T: `popularity_correction`,
+        by default the config's; n: the item's training count), or None when T = 0."""
+        t = self.cfg.popularity_correction if popularity_correction is None else popularity_correction
+        return -t * torch.log1p(self.items.counts) if t else None
+
     def scores(self, histories: torch.Tensor) -> torch.Tensor:
-        """(B, H) histories -> (B, num_items) scores of every item as the next one."""
+        """(B, H) histories -> (B, num_items) ranking scores of every item as the next one."""
         item_emb = self.items()
-        return self.encode(histories, item_emb)[:, -1] @ item_emb.T
+        sc = self.encode(histories, item_emb)[:, -1] @ item_emb.T
+        bias = self.score_bias()
+        return sc if bias is None else sc + bias
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, neg_items: torch.Tensor | None = None,
              neg_logq: torch.Tensor | None = None, item_emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -322,23 +341,28 @@ class SequentialRanker(nn.Module):
         h = self.encode(inputs, item_emb)
         keep = targets >= 0
         h, t = h[keep], targets[keep]
-        loss = _cross_entropy(h, t, item_emb, neg_items, neg_logq)
+        prior = self.cfg.logit_adjust * torch.log1p(self.items.counts) if self.cfg.logit_adjust else None
+        loss = _cross_entropy(h, t, item_emb, neg_items, neg_logq, prior)
         sid = self.items.sid_part() if self.cfg.sid_loss or self.cfg.align_loss else None
         if self.cfg.sid_loss:
-            loss = loss + self.cfg.sid_loss * _cross_entropy(h, t, sid, neg_items, neg_logq)
+            loss = loss + self.cfg.sid_loss * _cross_entropy(h, t, sid, neg_items, neg_logq, prior)
         if self.cfg.align_loss:
             loss = loss + self.cfg.align_loss * self.items.align_loss(sid)
         return loss
 
 
 def _cross_entropy(h: torch.Tensor, t: torch.Tensor, item_emb: torch.Tensor, neg_items: torch.Tensor | None,
-                   neg_logq: torch.Tensor | None) -> torch.Tensor:
+                   neg_logq: torch.Tensor | None, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Next-item cross-entropy of states `h` with targets `t` over the output rows `item_emb`: the
-    full softmax, or the sampled one (see `SequentialRanker.loss`)."""
+    full softmax, or the sampled one (see `SequentialRanker.loss`); `prior` (num_items,) is added
+    to every item's logit (`RankerConfig.logit_adjust`)."""
     if neg_items is None:
-        return F.cross_entropy(h @ item_emb.T, t)
+        logits = h @ item_emb.T
+        return F.cross_entropy(logits if prior is None else logits + prior, t)
     pos = (h * item_emb[t]).sum(-1, keepdim=True)
     neg = h @ item_emb[neg_items].T - neg_logq[None]
+    if prior is not None:
+        pos, neg = pos + prior[t][:, None], neg + prior[neg_items][None]
     neg = neg.masked_fill(neg_items[None] == t[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=t.device))

@@ -15,6 +15,7 @@ from mmq_rec.ranker import (
     RankerConfig,
     build_ranker,
     candidate_scores,
+    correction_sweep,
     load_ranker,
     rank_full,
     rerank,
@@ -168,6 +169,25 @@ def test_sid_loss_adds_the_cross_entropy_of_the_sid_part_alone():
     # runs fingerprinted before the option existed stay valid at its default
     assert "sid_loss" not in fingerprint_view("ranker", vars(RankerConfig()))
     assert fingerprint_view("ranker", vars(RankerConfig(sid_loss=0.5)))["sid_loss"] == 0.5
+
+
+def test_logit_adjust_adds_the_log_count_prior_to_the_training_logits():
+    x = torch.as_tensor(HIST)
+    y = torch.as_tensor([[-1, -1, 1, 2, 4], [-1, -1, -1, -1, 0], [3, 1, 0, 5, 2]])
+    m = ranker("id+sid_prefix", logit_adjust=0.7).eval()
+    h, t = m.encode(x)[y >= 0], y[y >= 0]
+    prior = 0.7 * torch.log1p(torch.as_tensor(COUNTS, dtype=torch.float32))
+    logits = h @ m.items().T + prior
+    assert torch.allclose(m.loss(x, y), torch.nn.functional.cross_entropy(logits, t), atol=1e-6)
+    assert not torch.allclose(m.loss(x, y), ranker("id+sid_prefix").eval().loss(x, y), atol=1e-3)
+    # sampled softmax: every item drawn once with q = 1 gives the full loss
+    neg = torch.arange(6)
+    assert torch.allclose(m.loss(x, y, neg, torch.zeros(6)), m.loss(x, y), atol=1e-5)
+    # ranking is untouched: scores are the plain dot products
+    assert torch.equal(m.scores(x), ranker("id+sid_prefix").eval().scores(x))
+    with pytest.raises(ValueError, match="logit_adjust"):
+        RankerConfig(logit_adjust=-1.0)
+    assert "logit_adjust" not in fingerprint_view("ranker", vars(RankerConfig()))
 
 
 @pytest.mark.parametrize("rep,kw", [("id", {}), ("sid", {}), ("id+sid", {"combine": "sum"}),
@@ -356,3 +376,62 @@ def test_rank_full_popularity_correction_lowers_scores_by_log_counts():
     items, scores = rank_full(m, HIST, 6, popularity_correction=0.5)
     assert np.allclose(scores, expected.sort(dim=1, descending=True).values.numpy(), atol=1e-6)
     assert np.array_equal(rank_full(m, HIST, 6)[0], rank_full(m, HIST, 6, popularity_correction=0.0)[0])
+    # the ranker's own setting: used by scores, rank_full and candidate_scores alike; sweep = rank_full per T
+    c = ranker("id+sid_prefix", popularity_correction=0.5).eval()
+    assert torch.allclose(c.scores(torch.as_tensor(HIST)), expected, atol=1e-6)
+    assert np.array_equal(rank_full(c, HIST, 6)[0], items)
+    cand = np.array([[4, 0, -1], [2, 3, 1], [5, 1, 0]])
+    plain = candidate_scores(m, HIST, cand)
+    bias = 0.5 * np.log1p(COUNTS[cand.clip(min=0)])
+    assert np.allclose(candidate_scores(c, HIST, cand), np.where(cand < 0, -np.inf, plain - bias), atol=1e-6)
+    sweep = correction_sweep(m, HIST, [0.0, 0.5, 2.0], 4)
+    for t, top in sweep.items():
+        assert np.array_equal(top, rank_full(m, HIST, 4, popularity_correction=t)[0])
+    assert not np.array_equal(sweep[0.0], sweep[2.0])
+    with pytest.raises(ValueError, match="popularity_correction"):
+        RankerConfig(popularity_correction=-0.1)
+    assert "popularity_correction" not in fingerprint_view("ranker", vars(RankerConfig()))
+
+
+def test_rank_calibrate_chooses_the_largest_correction_above_the_floor(tokenized, tmp_path, capsys):
+    d = tokenized
+    assert rank_train(d, tmp_path / "id", "--ranker.representation", "id", "--ranker.epochs", "2") == 0
+    assert rank_train(d, tmp_path / "sid", "--ranker.epochs", "2") == 0
+    capsys.readouterr()
+    src = tmp_path / "sid" / "best"
+    before = {f.name: f.read_bytes() for f in src.iterdir() if f.is_file()}
+    cal = ["rank", "calibrate", "--dataset", str(d / "ds"), "--ranker", str(src), "--json"]
+    assert main([*cal, "--output", str(tmp_path / "c"), "--max-drop", "0.3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    values = {float(t): v["all"] for t, v in res["sweep"].items()}
+    assert res["floor"] == pytest.approx(0.7 * values[0.0]) and res["floor_met"]
+    assert values[res["chosen"]] >= res["floor"] and all(v < res["floor"] for t, v in values.items()
+                                                         if t > res["chosen"])
+    assert {f.name: f.read_bytes() for f in src.iterdir() if f.is_file()} == before  # the input is left as it is
+    model, _, info = load_ranker(tmp_path / "c")
+    assert model.cfg.popularity_correction == res["chosen"] and info["calibration"]["chosen"] == res["chosen"]
+    # the calibrated ranker ranks as the sweep said it would
+    ev = ["rank", "evaluate", "--dataset", str(d / "ds"), "--split", "valid", "--json"]
+    assert main([*ev, "--ranker", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["all"]["recall@10"] == pytest.approx(values[res["chosen"]])
+    # against a reference ranker: its validation recall@10 is the floor
+    assert main([*cal, "--output", str(tmp_path / "c2"), "--reference", str(tmp_path / "id" / "best")]) == 0
+    res2 = json.loads(capsys.readouterr().out)
+    assert main([*ev, "--ranker", str(tmp_path / "id" / "best")]) == 0
+    assert res2["floor"] == pytest.approx(json.loads(capsys.readouterr().out)["metrics"]["all"]["recall@10"])
+    # a floor no correction reaches: T = 0, said so
+    assert main([*cal, "--output", str(tmp_path / "c3"), "--floor", "2", "--grid", "0.1", "0.5"]) == 0
+    res3 = json.loads(capsys.readouterr().out)
+    assert res3["chosen"] == 0.0 and not res3["floor_met"] and set(res3["sweep"]) == {"0.0", "0.1", "0.5"}
+    # never over the input, nor over an existing output without --overwrite; exactly one floor
+    assert main([*cal, "--output", str(src), "--max-drop", "0.1"]) == 2
+    assert "another --output" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    assert main([*cal, "--output", str(tmp_path / "mine"), "--max-drop", "0.1"]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*cal, "--output", str(tmp_path / "c4")])
+    assert main([*cal, "--output", str(tmp_path / "c4"), "--max-drop", "1.5"]) == 2
+    assert "max_drop" in capsys.readouterr().err
