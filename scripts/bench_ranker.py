@@ -1,15 +1,18 @@
 """Ranker benchmark -> benchmarks/ranker.md + ranker.json: every item representation over the full
 catalogue (seeds: mean ± std), per popularity bucket, with the user's history kept (TIGER's
-protocol) and excluded; a learning curve; and the best SID ranker (chosen on validation)
-re-ranking a generator's top-N candidates.
+protocol) and excluded; a learning curve; the best SID ranker (chosen on validation) re-ranking a
+generator's top-N candidates; and (--calibrate) that ranker calibrated to the item-ID ranker's
+accuracy (`mmq rank calibrate --reference`, per seed).
 
     python scripts/bench_ranker.py --dataset DATA --tokenizer rqkmeans=TOK_DIR [--tokenizer mmq=TOK_DIR] \\
         --work WORK_DIR [--generator GEN_DIR] [--seeds 0 1 2] [--single-seed-rows LABEL ...] [--skip LABEL ...] \\
-        [-- OVERRIDES]
+        [--calibrate] [--previous OLD_RANKER_JSON] [-- OVERRIDES]
 
 Training runs live in WORK_DIR/<label>-s<seed> and are resumed or reused when the script is rerun
-(each is an `mmq rank train` run directory). OVERRIDES are configuration overrides for every run
-(e.g. `--ranker.epochs 30`)."""
+(each is an `mmq rank train` run directory). With --previous, a run whose directory is gone is read
+from an earlier ranker.json (its recorded training summary and test metrics; marked as such in the
+page), as is its generate -> rank section when no --generator is given; runs present in both are
+checked to reproduce it. OVERRIDES are configuration overrides for every run (e.g. `--ranker.epochs 30`)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,7 +32,7 @@ from mmq_rec.benchmark import compose_report, environment, split_overrides, syst
 from mmq_rec.config import to_yaml
 from mmq_rec.eval.report import BUCKET_TITLES, mean_std, metrics_table
 from mmq_rec.pipeline import Pipeline
-from mmq_rec.recdata.io import write_json, write_text
+from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 PUBLISHED = [  # ../shared/docs/PROTOCOL.md, not run here
@@ -44,7 +48,7 @@ def _label(tok: str | None, rep: str) -> str:
 
 
 def _slug(label: str) -> str:
-    return label.replace(" ", "").replace("(", "-").replace(")", "").replace("+", "_")
+    return label.replace(", ", "-").replace(" ", "").replace("(", "-").replace(")", "").replace("+", "_")
 
 
 def main() -> None:
@@ -62,6 +66,9 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="+", type=int, default=[50, 100, 200])
     ap.add_argument("--rerank-users", type=int, default=0,
                     help="generate -> rank on a fixed random sample of this many test users (0 = all)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="add the best SID ranker calibrated to the same seed's item-ID ranker (validation R@10)")
+    ap.add_argument("--previous", help="an earlier ranker.json: runs whose directories are gone are read from it")
     ap.add_argument("--out", default=str(HERE / "benchmarks" / "ranker"))
     ap.add_argument("--page", help="also write the `mmq benchmark` page (report.html/.md/.json) into this directory")
     args = ap.parse_args(argv)
@@ -88,23 +95,31 @@ def main() -> None:
         else:
             rows += [(_label(t, rep), t, rep) for t in toks]
     rows = [r for r in rows if r[0] not in args.skip]
+    previous = read_json(Path(args.previous)) if args.previous else None
+    metric = evaluator.cfg.ranker.metric
     runs: dict[str, list[dict]] = {}
+    reproduced: dict[str, float] = {}  # "label, seed s": largest |difference| from the previous page's test metrics
     for seed in args.seeds:  # every row's first seed before any row's second
         for label, tok, rep in rows:
             if seed != args.seeds[0] and label in args.single_seed_rows:
                 continue
-            pipe = pipe_for(seed, rep)
             out = work / f"{_slug(label)}-s{seed}"
+            old = _previous_run(previous, label, seed, metric)
+            if old is not None and not (out / "best").is_dir():
+                print(f"== {label}, seed {seed}: read from {args.previous}", file=sys.stderr, flush=True)
+                runs.setdefault(label, []).append(old)
+                continue
+            pipe = pipe_for(seed, rep)
             print(f"== {label}, seed {seed} -> {out}", file=sys.stderr, flush=True)
             trained = pipe.rank_train(pipe.dataset(args.dataset), toks[tok], out)
             full = evaluator.rank_evaluate(ds, out / "best")
             excl = evaluator.rank_evaluate(ds, out / "best", exclude_history=True)
             runs.setdefault(label, []).append({"seed": seed, "run": str(out), "train": trained, "test": full,
                                                "test_history_excluded": excl})
-    device = runs[rows[0][0]][0]["test"]["device"]
-    agg = {label: mean_std([r["test"]["metrics"] for r in rs]) for label, rs in runs.items()}
-    agg_excl = {label: mean_std([r["test_history_excluded"]["metrics"] for r in rs]) for label, rs in runs.items()}
-    metric = evaluator.cfg.ranker.metric
+            if old is not None:
+                reproduced[f"{label}, seed {seed}"] = _largest_difference(old["test"]["metrics"], full["metrics"])
+    device = next((r["test"]["device"] for rs in runs.values() for r in rs if not r.get("previous")),
+                  previous["environment"]["device"] if previous else "?")
 
     sid_labels = [label for label, _, rep in rows if rep != "id"]
     # rows are compared on the seeds they all have (single-seed rows have only the first)
@@ -116,8 +131,32 @@ def main() -> None:
     best_sid = max(sid_labels, key=valid_mean) if sid_labels else None
     id_label = next((label for label, _, rep in rows if rep == "id"), None)
 
+    calibrated = None
+    if args.calibrate and best_sid and id_label:
+        calibrated = f"{best_sid}, calibrated"
+        refs = {r["seed"]: r for r in runs[id_label]}
+        for r in runs[best_sid]:
+            if r["seed"] not in refs or r.get("previous") or refs[r["seed"]].get("previous"):
+                sys.exit(f"bench_ranker: --calibrate needs the run directories of {best_sid} and {id_label}, seed "
+                         f"{r['seed']} (one was read from --previous)")
+            out = work / f"{_slug(calibrated)}-s{r['seed']}"
+            cal = evaluator.rank_calibrate(ds, Path(r["run"]) / "best", out,
+                                           reference=Path(refs[r["seed"]]["run"]) / "best")
+            print(f"== {calibrated}, seed {r['seed']}: T = {cal['chosen']} -> {out}", file=sys.stderr, flush=True)
+            runs.setdefault(calibrated, []).append({
+                "seed": r["seed"], "run": str(out), "train": r["train"], "calibration": cal,
+                "test": evaluator.rank_evaluate(ds, out), "test_history_excluded":
+                    evaluator.rank_evaluate(ds, out, exclude_history=True)})
+    agg = {label: mean_std([r["test"]["metrics"] for r in rs]) for label, rs in runs.items()}
+    agg_excl = {label: mean_std([r["test_history_excluded"]["metrics"] for r in rs]) for label, rs in runs.items()}
+
     rerank: dict[str, dict] = {}
-    if args.generator and best_sid:
+    rerank_previous = False
+    if not args.generator and previous and previous.get("rerank") and previous.get("best_sid") == best_sid:
+        rerank, rerank_previous = previous["rerank"], True
+        words = shlex.split(previous["command"])
+        args.generator = words[words.index("--generator") + 1] if "--generator" in words else "?"
+    elif args.generator and best_sid:
         for n in args.candidates:
             per_seed = []
             for r in runs[best_sid]:
@@ -149,6 +188,13 @@ def main() -> None:
             "pipeline_to_full_ratio": max((v["ratio_recall@10"] for v in rerank.values()
                                            if v["ratio_recall@10"] is not None), default=None),
         }
+        if calibrated:
+            c = agg[calibrated]
+            summary.update({
+                "calibrated_sid": calibrated, "calibrated_t": [r["calibration"]["chosen"] for r in runs[calibrated]],
+                "calibrated_sid_recall10": c["all"]["recall@10"], "calibrated_sid_tail_recall10": c["tail"]["recall@10"],
+                "calibrated_sid_cold_recall10": c.get("cold", {}).get("recall@10"),
+                "calibrated_tail_ratio": c["tail"]["recall@10"] / max(a["tail"]["recall@10"], 1e-12)})
     env = {"device": device, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
            "torch": torch.__version__, "python": platform.python_version(),
            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -158,17 +204,43 @@ def main() -> None:
         "generated_by": "scripts/bench_ranker.py", "command": cmd, "environment": env, "ks": ks,
         **summary, "config": {"overrides": overrides, "ranker": json.loads(json.dumps(evaluator.cfg.ranker.__dict__))},
         "results": agg, "results_history_excluded": agg_excl, "rerank": rerank,
+        "previous": {"path": args.previous, "command": previous["command"], "date": previous["environment"]["date"],
+                     "rerank_read": rerank_previous, "reproduced": reproduced} if previous else None,
         "runs": {label: [{"seed": r["seed"], "run": r["run"], "epochs": r["train"]["epochs"],
                           "best_epoch": r["train"]["best_epoch"], "train_seconds": r["train"]["train_seconds"],
                           f"best_valid_{metric}": r["train"][f"best_valid_{metric}"],
                           "valid_history": r["train"]["history"], "test": r["test"]["metrics"],
-                          "test_history_excluded": r["test_history_excluded"]["metrics"]} for r in rs]
+                          "test_history_excluded": r["test_history_excluded"]["metrics"],
+                          **({"previous": True} if r.get("previous") else {}),
+                          **({"calibration": {k: v for k, v in r["calibration"].items() if k != "output"}}
+                             if "calibration" in r else {})} for r in rs]
                  for label, rs in runs.items()}})
     write_text(Path(args.out).with_suffix(".md"), render(args, cmd, env, runs, agg, agg_excl, rerank, summary,
-                                                           best_sid, id_label, metric, ds.name, ks))
+                                                           best_sid, id_label, metric, ds.name, ks, previous,
+                                                           reproduced, rerank_previous))
     if args.page:
         write_page(args, cmd, ds, runs, rerank, best_sid, ks, evaluator)
     print(json.dumps(summary, indent=1))
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    """Largest |a - b| over the metrics of every bucket (inf when the buckets or metrics differ)."""
+    if a.keys() != b.keys() or any(a[g].keys() != b[g].keys() for g in a):
+        return float("inf")
+    return max((abs(a[g][k] - b[g][k]) for g in a for k in a[g]), default=0.0)
+
+
+def _previous_run(previous: dict | None, label: str, seed: int, metric: str) -> dict | None:
+    """A run of an earlier ranker.json in the shape this script's runs have (None: not there)."""
+    old = next((r for r in (previous or {}).get("runs", {}).get(label, []) if r["seed"] == seed), None)
+    if old is None:
+        return None
+    device = previous["environment"]["device"]
+    return {"seed": seed, "run": old["run"], "previous": True,
+            "train": {"epochs": old["epochs"], "best_epoch": old["best_epoch"], "train_seconds": old["train_seconds"],
+                      f"best_valid_{metric}": old[f"best_valid_{metric}"], "history": old["valid_history"]},
+            "test": {"metrics": old["test"], "device": device},
+            "test_history_excluded": {"metrics": old["test_history_excluded"], "device": device}}
 
 
 def write_page(args, cmd, ds, runs, rerank, best_sid, ks, evaluator) -> None:
@@ -188,7 +260,7 @@ def write_page(args, cmd, ds, runs, rerank, best_sid, ks, evaluator) -> None:
     systems["popularity"] = system_entry("baseline", [entry(evaluator.baseline(ds, "popularity"), 0, None)])
     curves = {("ranker id (SASRec, item IDs)" if label == "id" else f"ranker {label}"): {
         "unit": "epoch", "metric": "ndcg@10", "points": [[h["epoch"], h["valid_ndcg@10"]] for h in rs[0]["train"]["history"]]}
-        for label, rs in runs.items()}
+        for label, rs in runs.items() if "calibration" not in rs[0]}
     tokenizers = {name: json.loads((Path(path) / "quality.json").read_text()) for name, path in
                   (t.split("=", 1) for t in args.tokenizer)}
     report = compose_report(f"Rankers on {ds.name}: item-ID vs semantic-ID item representations", systems, ks,
@@ -209,18 +281,33 @@ def _curve(runs: list[dict]) -> list[float]:
     return [float(np.mean([h[e]["valid_recall@10"] for h in hist])) for e in range(n)]
 
 
-def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_label, metric, name, ks) -> str:
+def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_label, metric, name, ks,
+           previous=None, reproduced=None, rerank_previous=False) -> str:
     seeds = {label: len(rs) for label, rs in runs.items()}
     minutes = {label: np.mean([r["train"]["train_seconds"] for r in rs]) / 60 for label, rs in runs.items()}
+
+    def epochs(r: dict) -> str:
+        return (f"{r['train']['epochs']} ({r['train']['best_epoch']})" + ("†" if r.get("previous") else "")
+                + (f", T = {r['calibration']['chosen']}" if "calibration" in r else ""))
+
     out = [f"# Ranker on {name}: item-ID vs semantic-ID item representations",
            f"Measured on {env['device']} ({env['machine']}, torch {env['torch']}), {env['date']}. "
            "Test split, leave-one-out, every user; mean ± sample std over seeds. Checkpoints chosen on validation "
            f"({metric}); nothing is selected on test.",
            f"Command: `{cmd}`",
-           "| row | seeds | epochs (best) | training minutes per run |\n|---|---:|---|---:|\n" + "\n".join(
-               f"| {label} | {seeds[label]} | " + ", ".join(f"{r['train']['epochs']} ({r['train']['best_epoch']})"
-                                                            for r in runs[label]) + f" | {minutes[label]:.1f} |"
-               for label in runs)]
+           "| row | seeds | epochs (best) per seed | training minutes per run |\n|---|---:|---|---:|\n" + "\n".join(
+               f"| {label} | {seeds[label]} | " + "; ".join(epochs(r) for r in runs[label])
+               + f" | {minutes[label]:.1f} |" for label in runs)]
+    if previous:
+        read = [f"{label} (seeds {', '.join(str(r['seed']) for r in rs if r.get('previous'))})"
+                for label, rs in runs.items() if any(r.get("previous") for r in rs)]
+        out.append(f"**Runs read from an earlier page.** † marks a run whose directory was not kept: its training "
+                   f"summary and test metrics are read from `{args.previous}`, written on {previous['environment']['date']} "
+                   f"by `{previous['command']}`. Read: {', '.join(read) or 'none'}"
+                   + ("; and the generate → rank section" if rerank_previous else "") + ". "
+                   + (f"The {len(reproduced)} runs evaluated here that are also in it ({'; '.join(reproduced)}) "
+                      "differ from its test metrics (every metric, every bucket) by at most "
+                      f"{max(reproduced.values()):.1e}." if reproduced else ""))
     if summary:
         s = summary
         out.append(f"**Summary.** Item-ID ranker (SASRec): R@10 {s['id_recall10']:.4f}, tail {s['id_tail_recall10']:.4f}. "
@@ -230,6 +317,18 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
                       else f"{s['best_sid_cold_recall10']:.4f}") + "." + (
                        f" Generate → rank keeps {s['pipeline_to_full_ratio']:.2f}× of the full-catalogue R@10 at best."
                        if s.get("pipeline_to_full_ratio") else ""))
+        if "calibrated_sid" in s:
+            out.append(
+                f"**Calibrated to the item-ID ranker's accuracy** (`{s['calibrated_sid']}`): the same runs, their "
+                "scores lowered by T·log(1 + n) at ranking time (n: the item's training count), T the largest of "
+                "`mmq rank calibrate`'s grid whose validation R@10 is still at least the same seed's item-ID "
+                f"ranker's (T = {', '.join(map(str, s['calibrated_t']))}; chosen on validation, every user). "
+                f"R@10 {s['calibrated_sid_recall10']:.4f}, tail {s['calibrated_sid_tail_recall10']:.4f} "
+                f"(**{s['calibrated_tail_ratio']:.2f}×** the item-ID ranker's), cold "
+                + ("n/a" if s["calibrated_sid_cold_recall10"] is None else f"{s['calibrated_sid_cold_recall10']:.4f}")
+                + ". The correction is not specific to SIDs: what the SID representation adds is overall accuracy "
+                "above the item-ID ranker's, which T spends on the tail; the item-ID ranker has none to spend "
+                "(benchmarks/tail_frontier.md sweeps T for both).")
     for g in BUCKET_TITLES:
         if any(g in r for r in agg.values()):
             out += [f"## {BUCKET_TITLES[g]}", metrics_table(agg, g, ks)]
@@ -254,7 +353,9 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
                          f"{v['fusion_weights']} |")
         out += [f"## Generate → rank: {best_sid} re-ranking the generator's beam-search top N",
                 f"Generator `{args.generator}`; {users:,} test users"
-                + (" (a fixed random sample)" if args.rerank_users else "") + ".", "\n".join(lines)]
+                + (" (a fixed random sample)" if args.rerank_users else "") + "."
+                + (" † Read from the earlier page (see above), the same runs of this row." if rerank_previous else ""),
+                "\n".join(lines)]
     out += ["## Published reference numbers (not run here; ../shared/docs/PROTOCOL.md)",
             "\n".join(f"- {p}" for p in PUBLISHED)]
     return "\n\n".join(out) + "\n"
