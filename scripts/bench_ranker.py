@@ -131,7 +131,7 @@ def main() -> None:
     best_sid = max(sid_labels, key=valid_mean) if sid_labels else None
     id_label = next((label for label, _, rep in rows if rep == "id"), None)
 
-    calibrated = None
+    calibrated, id_calibrated_t, id_runs = None, [], []
     if args.calibrate and best_sid and id_label:
         calibrated = f"{best_sid}, calibrated"
         refs = {r["seed"]: r for r in runs[id_label]}
@@ -139,14 +139,25 @@ def main() -> None:
             if r["seed"] not in refs or r.get("previous") or refs[r["seed"]].get("previous"):
                 sys.exit(f"bench_ranker: --calibrate needs the run directories of {best_sid} and {id_label}, seed "
                          f"{r['seed']} (one was read from --previous)")
+            ref = Path(refs[r["seed"]]["run"]) / "best"
+            # the same rule on the item-ID ranker itself (T = 0 leaves it as it is)
+            id_out = work / f"{_slug(id_label)}-calibrated-s{r['seed']}"
+            id_cal = evaluator.rank_calibrate(ds, ref, id_out, reference=ref)
+            id_calibrated_t.append(id_cal["chosen"])
+            id_runs.append({"seed": r["seed"], "run": str(id_out), "train": refs[r["seed"]]["train"],
+                            "calibration": id_cal, "test": evaluator.rank_evaluate(ds, id_out),
+                            "test_history_excluded": evaluator.rank_evaluate(ds, id_out, exclude_history=True)}
+                           if id_cal["chosen"] else {**refs[r["seed"]], "calibration": id_cal})
             out = work / f"{_slug(calibrated)}-s{r['seed']}"
-            cal = evaluator.rank_calibrate(ds, Path(r["run"]) / "best", out,
-                                           reference=Path(refs[r["seed"]]["run"]) / "best")
-            print(f"== {calibrated}, seed {r['seed']}: T = {cal['chosen']} -> {out}", file=sys.stderr, flush=True)
+            cal = evaluator.rank_calibrate(ds, Path(r["run"]) / "best", out, reference=ref)
+            print(f"== {calibrated}, seed {r['seed']}: T = {cal['chosen']} (item-ID ranker: {id_cal['chosen']}) "
+                  f"-> {out}", file=sys.stderr, flush=True)
             runs.setdefault(calibrated, []).append({
                 "seed": r["seed"], "run": str(out), "train": r["train"], "calibration": cal,
                 "test": evaluator.rank_evaluate(ds, out), "test_history_excluded":
                     evaluator.rank_evaluate(ds, out, exclude_history=True)})
+        if any(id_calibrated_t):  # else the row would repeat the item-ID ranker's
+            runs[f"{id_label}, calibrated"] = id_runs
     agg = {label: mean_std([r["test"]["metrics"] for r in rs]) for label, rs in runs.items()}
     agg_excl = {label: mean_std([r["test_history_excluded"]["metrics"] for r in rs]) for label, rs in runs.items()}
 
@@ -192,6 +203,7 @@ def main() -> None:
             c = agg[calibrated]
             summary.update({
                 "calibrated_sid": calibrated, "calibrated_t": [r["calibration"]["chosen"] for r in runs[calibrated]],
+                "id_calibrated_t": id_calibrated_t,
                 "calibrated_sid_recall10": c["all"]["recall@10"], "calibrated_sid_tail_recall10": c["tail"]["recall@10"],
                 "calibrated_sid_cold_recall10": c.get("cold", {}).get("recall@10"),
                 "calibrated_tail_ratio": c["tail"]["recall@10"] / max(a["tail"]["recall@10"], 1e-12)})
@@ -326,7 +338,11 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
                 f"R@10 {s['calibrated_sid_recall10']:.4f}, tail {s['calibrated_sid_tail_recall10']:.4f} "
                 f"(**{s['calibrated_tail_ratio']:.2f}×** the item-ID ranker's), cold "
                 + ("n/a" if s["calibrated_sid_cold_recall10"] is None else f"{s['calibrated_sid_cold_recall10']:.4f}")
-                + ". The correction is not specific to SIDs: what the SID representation adds is overall accuracy "
+                + ". The same rule applied to the item-ID ranker (its floor: its own validation R@10) chooses "
+                f"T = {', '.join(map(str, s['id_calibrated_t']))}"
+                + (": it leaves the item-ID ranker as it is. " if not any(s["id_calibrated_t"]) else
+                   f" (row `{id_label}, calibrated`). ") + "The "
+                "correction itself is not specific to SIDs: what the SID representation adds is overall accuracy "
                 "above the item-ID ranker's, which T spends on the tail; the item-ID ranker has none to spend "
                 "(benchmarks/tail_frontier.md sweeps T for both).")
     for g in BUCKET_TITLES:

@@ -32,6 +32,7 @@ from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
 BUCKETS = ("all", "head", "tail", "long_tail")
+TRAINING_OPTIONS = ("logit_adjust", "sid_loss", "align_loss", "id_min_count", "id_dropout")
 
 
 def sweep(pipe: Pipeline, ds, run: str, ts: list[float]) -> dict[str, dict[str, dict[str, float]]]:
@@ -127,8 +128,12 @@ def render(cmd: str, env: dict, ts: list[float], seeds: list[dict], summary: dic
         cells = [std(lambda s, m=m, sp=sp, b=b, t=t: s[m][sp][str(t)][b]) for m in ("id", "sid")
                  for sp, b in (("valid", "all"), ("valid", "tail"), ("test", "all"), ("test", "tail"))]
         sw.append(f"| {t} | " + " | ".join(cells) + " |")
-    runs = "; ".join(f"seed {s['seed']}: `{s['id_run']}` (`{s['id_config']['representation']}`), `{s['sid_run']}` "
-                     f"(`{s['sid_config']['representation']}`, combine `{s['sid_config']['combine']}`)" for s in seeds)
+    def options(c: dict) -> str:  # training options away from their defaults
+        return "".join(f", {k} {c[k]}" for k in TRAINING_OPTIONS if c.get(k))
+
+    runs = "; ".join(f"seed {s['seed']}: `{s['id_run']}` (`{s['id_config']['representation']}`"
+                     f"{options(s['id_config'])}), `{s['sid_run']}` (`{s['sid_config']['representation']}`, combine "
+                     f"`{s['sid_config']['combine']}`{options(s['sid_config'])})" for s in seeds)
     return "\n\n".join([
         "# Tail recall at matched overall accuracy: item-ID vs SID ranker",
         f"Measured on the CPU ({env['machine']}, torch {env['torch']}), {env['date']}; {len(seeds)} seed(s), "
