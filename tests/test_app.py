@@ -223,11 +223,14 @@ def test_demo_runs_and_is_deterministic(tmp_path, capsys, one_thread):
     assert results["MMQ + generator"]["all"]["invalid_rate"] == 0.0
     assert "[finetune] id+sid ranker and MMQ tokenizer fine-tuned" in out and "changed SID" in out
     for row in ("ranker (id)", "ranker (id+sid_prefix)", "generate(50) -> ranker (id+sid_prefix)", "ranker (id+sid)",
-                "ranker (id+sid, MMQ stage 2)"):
+                "ranker (id+sid, MMQ stage 2)", "ranker (id+sid_prefix, calibrated)"):
         assert results[row]["all"]["users"] == 400 and results[row]["all"]["invalid_rate"] == 0.0
     assert f"report -> {tmp_path / 'a' / 'report.html'}" in out and report["answers"][0].startswith("Best overall")
     assert (tmp_path / "a" / "ranker-id_sid_prefix" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "ranker-id_sid-stage2" / "best" / "tokenizer" / "quality.json").exists()
+    assert "[rank] id+sid_prefix ranker calibrated to the item-ID ranker's validation recall@10" in out
+    cal = json.loads((tmp_path / "a" / "ranker-id_sid_prefix-calibrated" / "ranker.json").read_text())
+    assert cal["config"]["popularity_correction"] == cal["calibration"]["chosen"]
     assert (tmp_path / "a" / "generator" / "best" / "model.safetensors").exists()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# MMQ-Rec demo (synthetic data)")
     assert RecDataset.load(tmp_path / "a" / "data").num_items == 300
