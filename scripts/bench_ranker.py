@@ -235,6 +235,22 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
 
 
+def _reproduced_text(reproduced: dict[str, float], close: float = 1e-3) -> str:
+    """How the runs evaluated here compare with the same runs of the earlier page."""
+    if not reproduced:
+        return ""
+    near = {k: v for k, v in reproduced.items() if v <= close}
+    far = {k: v for k, v in reproduced.items() if v > close}
+    out = f"Of the {len(reproduced)} runs trained or evaluated here that are also in it, "
+    if near:
+        out += (f"{len(near)} ({'; '.join(near)}) differ from its test metrics (every metric, every bucket) by at "
+                f"most {max(near.values()):.1e}")
+    if far:
+        out += ("; " if near else "") + f"{len(far)} differ by more: " + "; ".join(
+            f"{k} (up to {v:.4f})" for k, v in far.items())
+    return out + "."
+
+
 def _largest_difference(a: dict, b: dict) -> float:
     """Largest |a - b| over the metrics of every bucket (inf when the buckets or metrics differ)."""
     if a.keys() != b.keys() or any(a[g].keys() != b[g].keys() for g in a):
@@ -313,13 +329,13 @@ def render(args, cmd, env, runs, agg, agg_excl, rerank, summary, best_sid, id_la
     if previous:
         read = [f"{label} (seeds {', '.join(str(r['seed']) for r in rs if r.get('previous'))})"
                 for label, rs in runs.items() if any(r.get("previous") for r in rs)]
-        out.append(f"**Runs read from an earlier page.** † marks a run whose directory was not kept: its training "
-                   f"summary and test metrics are read from `{args.previous}`, written on {previous['environment']['date']} "
-                   f"by `{previous['command']}`. Read: {', '.join(read) or 'none'}"
-                   + ("; and the generate → rank section" if rerank_previous else "") + ". "
-                   + (f"The {len(reproduced)} runs evaluated here that are also in it ({'; '.join(reproduced)}) "
-                      "differ from its test metrics (every metric, every bucket) by at most "
-                      f"{max(reproduced.values()):.1e}." if reproduced else ""))
+        out.append(f"**An earlier page.** `{args.previous}` was written on {previous['environment']['date']} by "
+                   f"`{previous['command']}`. "
+                   + (f"† marks runs whose directories were not kept: their training summary and test metrics are "
+                      f"read from it ({', '.join(read)}). " if read else "")
+                   + ("The generate → rank section is read from it (its generator was not kept; same best SID row). "
+                      if rerank_previous else "")
+                   + _reproduced_text(reproduced or {}))
     if summary:
         s = summary
         out.append(f"**Summary.** Item-ID ranker (SASRec): R@10 {s['id_recall10']:.4f}, tail {s['id_tail_recall10']:.4f}. "
