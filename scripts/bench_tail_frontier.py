@@ -27,7 +27,7 @@ import torch
 from mmq_rec.benchmark import split_overrides
 from mmq_rec.eval.metrics import evaluate_rankings
 from mmq_rec.pipeline import Pipeline
-from mmq_rec.ranker.rank import rank_full
+from mmq_rec.ranker.rank import correction_sweep
 from mmq_rec.recdata.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent.parent
@@ -43,8 +43,7 @@ def sweep(pipe: Pipeline, ds, run: str, ts: list[float]) -> dict[str, dict[str, 
         part = getattr(pipe.split(ds), split_name)
         buckets = pipe.buckets(ds).of_targets(part.targets)
         out[split_name] = {}
-        for t in ts:
-            top, _ = rank_full(model, part.histories, 10, popularity_correction=t)
+        for t, top in correction_sweep(model, part.histories, ts, 10).items():
             res = evaluate_rankings(top, part.targets, ds.num_items, [10], buckets)
             out[split_name][str(t)] = {b: res[b]["recall@10"] for b in BUCKETS if b in res}
     return out
